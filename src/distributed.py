@@ -1,0 +1,116 @@
+"""Process-group set-up and the few collectives the methods need.
+
+Works unchanged on one CPU process with no launcher, under ``torchrun`` (``RANK``/``WORLD_SIZE``/
+``LOCAL_RANK``) and under Slurm ``srun`` (``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``).
+Unlike the released ``init_distributed_mode``, the local rank under Slurm comes from
+``SLURM_LOCALID`` (the release read ``LOCAL_RANK``, which srun does not set).
+"""
+from __future__ import annotations
+
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str | None  # None when no process group is initialised
+
+
+def _env_int(*names: str) -> int | None:
+    for name in names:
+        value = os.environ.get(name)
+        if value not in (None, ""):
+            return int(value)
+    return None
+
+
+def detect_ranks(local_rank_arg: int | None = None) -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from torchrun's or Slurm's environment, else a single process."""
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+        local = _env_int("LOCAL_RANK")
+    elif "SLURM_PROCID" in os.environ and "SLURM_NTASKS" in os.environ:
+        rank, world = int(os.environ["SLURM_PROCID"]), int(os.environ["SLURM_NTASKS"])
+        local = _env_int("SLURM_LOCALID")
+    else:
+        return 0, 1, 0
+    if local is None:
+        local = local_rank_arg if local_rank_arg is not None else 0
+    return rank, world, local
+
+
+def init_distributed(local_rank_arg: int | None = None, device: str = "auto",
+                     timeout_minutes: int = 30) -> DistInfo:
+    """Initialise the default process group when launched with several processes.
+
+    ``device``: "auto" (CUDA when available), "cpu" or "cuda". NCCL on GPU, gloo on CPU.
+    A single process without a launcher gets no process group: every collective here is a no-op.
+    """
+    rank, world, local = detect_ranks(local_rank_arg)
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+    if use_cuda:
+        torch.cuda.set_device(local % torch.cuda.device_count())
+        dev = torch.device("cuda", torch.cuda.current_device())
+    else:
+        dev = torch.device("cpu")
+    if world == 1:
+        return DistInfo(rank, 1, local, dev, None)
+    backend = "nccl" if use_cuda else "gloo"
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29500")
+        dist.init_process_group(backend=backend, init_method="env://", world_size=world, rank=rank,
+                                timeout=datetime.timedelta(minutes=timeout_minutes))
+    return DistInfo(rank, world, local, dev, backend)
+
+
+def is_dist() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    return dist.get_rank() if is_dist() else 0
+
+
+def get_world_size() -> int:
+    return dist.get_world_size() if is_dist() else 1
+
+
+def is_main_process() -> bool:
+    return get_rank() == 0
+
+
+def barrier() -> None:
+    if is_dist():
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over ranks in place (no-op in a single process); returns it."""
+    if is_dist():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_gather_cat(tensor: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """Concatenate equally-shaped tensors from every rank, in rank order, along ``dim`` (no grad)."""
+    if not is_dist():
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(get_world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts, dim=dim)
+
+
+def cleanup() -> None:
+    if is_dist():
+        dist.destroy_process_group()
