@@ -1,0 +1,507 @@
+"""Reading, writing and loading checkpoints: the SwAV and DINO releases and this project's own files.
+
+Reading is always ``torch.load(..., weights_only=True, map_location="cpu")``; ``argparse.Namespace`` (the
+``args`` entry of the DINO full checkpoint) is allow-listed for the duration of one call only, so nothing
+global changes. Writing is atomic: a temporary file beside the target, flushed and fsync'ed, then
+``os.replace``; a crash mid-write leaves the previous checkpoint intact.
+
+Containers understood by :func:`extract_state_dict`:
+
+- SwAV release (``swav_800ep_pretrain.pth.tar``): a plain state_dict of the DDP-wrapped model, keys
+  ``module.conv1.weight``, ..., ``module.projection_head.*``, ``module.prototypes.weight`` (or the same
+  wrapped in ``{"state_dict": ...}``).
+- DINO backbone-only release (``dino_deitsmall16_pretrain.pth``): a plain state_dict without prefix.
+- DINO full checkpoint: ``{"student": {module.backbone.*, module.head.*}, "teacher": {backbone.*, head.*},
+  "optimizer", "epoch", "args" (argparse.Namespace), "dino_loss", "fp16_scaler"}``.
+- The Suave-Daino release's own checkpoints: ``{"state_dict", "ema_state_dict", ...}`` (Suave) and the
+  DINO layout above (Daino).
+- This project's checkpoints (written by the engine with :func:`save_checkpoint_atomic`):
+  ``{"student": network.state_dict(), "teacher": teacher.state_dict() or None, "optimizer": ...,
+  "epoch": int, "args": dict, ...}`` where the network is ``SwAVNetwork`` (``backbone.*``,
+  ``projection_head.*``, ``prototypes.*``, probes) or ``DINONetwork`` (``backbone.*``, ``head.mlp.*``,
+  ``head.last_layer.*``). State dicts are taken from the unwrapped module (:func:`unwrap_module`), but
+  ``module.`` / ``_orig_mod.`` prefixes are stripped on load anyway.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import os
+import pickle
+import shutil
+import uuid
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+PathLike = Union[str, "os.PathLike[str]"]
+CheckpointSource = Union[str, "os.PathLike[str]", Mapping]
+
+# Prefixes added by wrappers: DistributedDataParallel / DataParallel ("module.") and torch.compile ("_orig_mod.").
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+_BACKBONE_PREFIX = "backbone."
+# Legacy torch.nn.utils.weight_norm names <-> torch.nn.utils.parametrizations.weight_norm names (dim=0 in both).
+_WEIGHT_NORM_ALIASES = {
+    "weight_g": "parametrizations.weight.original0",
+    "weight_v": "parametrizations.weight.original1",
+}
+# Entries tried, in order, when the requested checkpoint_key is not in a dict container.
+_KEY_ALIASES = {"teacher": ("teacher", "ema_state_dict"), "student": ("student", "state_dict")}
+_FALLBACK_KEYS = ("student", "state_dict", "model")
+_SHOW = 5  # how many key names an error message lists
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint file cannot be used: corrupt, unsafe to unpickle, or not matching the model."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _allow_globals(classes: Sequence[type]) -> Iterator[None]:
+    """Allow-list ``classes`` for ``weights_only`` unpickling during the block, leaving no global change.
+
+    torch >= 2.5 has the ``safe_globals`` context manager; torch 2.4 only ``add_safe_globals``, so there the
+    previous list is restored afterwards. Older torch has neither: nothing is allow-listed.
+    """
+    serialization = torch.serialization
+    if hasattr(serialization, "safe_globals"):
+        with serialization.safe_globals(list(classes)):
+            yield
+    elif hasattr(serialization, "add_safe_globals") and hasattr(serialization, "get_safe_globals"):
+        previous = list(serialization.get_safe_globals())
+        serialization.add_safe_globals(list(classes))
+        try:
+            yield
+        finally:
+            serialization.clear_safe_globals()
+            serialization.add_safe_globals(previous)
+    else:
+        yield
+
+
+def _describe(path: PathLike, flag: str | None) -> str:
+    return str(os.fspath(path)) + (f" (given by {flag})" if flag else "")
+
+
+def read_checkpoint(path: PathLike, flag: str | None = None) -> dict:
+    """Read a checkpoint on the CPU with ``torch.load(weights_only=True)``, ``argparse.Namespace`` allowed.
+
+    ``flag`` names the command-line option that points to ``path`` (e.g. ``"--swav_init_ckpt"``) so the
+    error messages can say which setting to fix. Raises FileNotFoundError for a missing file and
+    :class:`CheckpointError` for a truncated/corrupt file or one that needs other pickled objects (it is
+    never retried with ``weights_only=False``).
+    """
+    where = _describe(path, flag)
+    if not os.path.exists(path):
+        hint = f"; set {flag} to an existing checkpoint file" if flag else ""
+        raise FileNotFoundError(f"checkpoint file not found: {where}{hint}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"checkpoint path is a directory, not a file: {where}")
+    try:
+        with _allow_globals([argparse.Namespace]):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        message = str(error)
+        if "Weights only load failed" in message or "Unsupported global" in message:
+            detail = message.split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+            raise CheckpointError(
+                f"checkpoint {where} contains pickled Python objects other than tensors, numbers, strings, "
+                f"lists, dicts and argparse.Namespace, which are refused for safety (weights_only=True): "
+                f"{detail}. Re-save it with only plain data (e.g. its state_dict) to use it here."
+            ) from error
+        raise CheckpointError(f"cannot read checkpoint {where}: the file is truncated or corrupt ({error})") from error
+    except (RuntimeError, EOFError, ValueError, KeyError, IndexError, OSError, AttributeError) as error:
+        if isinstance(error, (FileNotFoundError, PermissionError)):
+            raise
+        reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        raise CheckpointError(
+            f"cannot read checkpoint {where}: the file is truncated or corrupt ({reason}). "
+            "Re-download or re-copy it."
+        ) from error
+    if not isinstance(checkpoint, dict):
+        raise CheckpointError(
+            f"checkpoint {where} holds a {type(checkpoint).__name__}, expected a dict (a state_dict or a "
+            "dict of entries such as 'student'/'teacher'/'state_dict')"
+        )
+    return checkpoint
+
+
+def _as_checkpoint(source: CheckpointSource, flag: str | None) -> tuple[dict, str]:
+    """A checkpoint dict and its description, from a path (read here) or an already-read dict."""
+    if isinstance(source, Mapping):
+        return dict(source), "<checkpoint dict>"
+    return read_checkpoint(source, flag=flag), _describe(source, flag)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------------------------------------------
+
+_PLAIN_SCALARS = (type(None), bool, int, float, str, bytes, torch.dtype, torch.device, torch.Size)
+
+
+def _to_plain(value: Any, where: str) -> Any:
+    """``value`` made of plain data only (what ``weights_only=True`` reloads); Namespace -> dict.
+
+    Types are checked exactly: subclasses such as numpy.float64 (a float), IntEnum or namedtuple would be
+    pickled as their own class and refused on reload. Raises TypeError naming the entry (e.g.
+    ``state['args']['output_dir']``) that is not plain data.
+    """
+    if isinstance(value, Tensor) or type(value) in _PLAIN_SCALARS:
+        return value
+    if type(value) is argparse.Namespace:
+        value = vars(value)
+    if type(value) in (dict, OrderedDict):
+        plain = type(value)()
+        for key, item in value.items():
+            if type(key) not in (str, int):
+                raise TypeError(f"checkpoint entry {where} has a key of type {type(key).__name__}; use str or int")
+            plain[key] = _to_plain(item, f"{where}[{key!r}]")
+        return plain
+    if type(value) in (list, tuple):
+        return type(value)(_to_plain(item, f"{where}[{index}]") for index, item in enumerate(value))
+    raise TypeError(
+        f"checkpoint entry {where} is a {type(value).__module__}.{type(value).__qualname__}, which "
+        "torch.load(weights_only=True) refuses; store plain data instead (tensors, numbers, strings, lists, "
+        "dicts: e.g. float(x), x.tolist(), str(path), vars(namespace), dict(mapping), module.state_dict())"
+    )
+
+
+def _fsync_directory(directory: str) -> None:
+    """Persist a rename on POSIX (fsync of the directory); a no-op where directories cannot be opened."""
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _temporary_path(path: str) -> str:
+    directory, name = os.path.split(os.path.abspath(path))
+    return os.path.join(directory, f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+
+
+@contextlib.contextmanager
+def _atomic_target(path: PathLike) -> Iterator[Any]:
+    """Yield a binary file to write; on success it atomically replaces ``path``, on error it is removed."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"cannot write checkpoint {path}: directory {directory} does not exist")
+    temporary = _temporary_path(path)
+    # os.open with 0o666 keeps the usual umask-based permissions (tempfile would give 0o600).
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(temporary)
+        raise
+    _fsync_directory(directory)
+
+
+def save_checkpoint_atomic(state: dict, path: PathLike) -> None:
+    """Write ``state`` to ``path`` atomically (temp file in the same directory, fsync, ``os.replace``).
+
+    ``state`` must be plain data that reloads with ``weights_only=True``: tensors, numbers, strings, lists,
+    tuples, dicts (an ``argparse.Namespace`` is stored as its ``vars()`` dict). Anything else raises
+    TypeError naming the entry, before anything is written. A crash mid-write leaves any previous ``path``
+    intact and no temporary file behind. Call it on the main process only.
+    """
+    if not isinstance(state, Mapping):
+        raise TypeError(f"checkpoint state must be a dict, got {type(state).__name__}")
+    plain = _to_plain(state, "state")
+    with _atomic_target(path) as handle:
+        torch.save(plain, handle)
+
+
+def copy_snapshot(path: PathLike, snapshot_path: PathLike) -> None:
+    """Copy checkpoint ``path`` to ``snapshot_path`` atomically (the --checkpoint_freq / --saveckp_freq copies)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"cannot snapshot checkpoint: {os.fspath(path)} does not exist")
+    with open(path, "rb") as source, _atomic_target(snapshot_path) as target:
+        shutil.copyfileobj(source, target, length=16 * 1024 * 1024)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# unwrapping containers and key names
+# --------------------------------------------------------------------------------------------------------------
+
+
+def unwrap_module(module: nn.Module) -> nn.Module:
+    """The model inside DistributedDataParallel / DataParallel (``.module``) and torch.compile (``._orig_mod``)."""
+    while True:
+        inner = getattr(module, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            wrapped = isinstance(module, (nn.parallel.DistributedDataParallel, nn.DataParallel))
+            inner = module.module if wrapped else None
+        if inner is None:
+            return module
+        module = inner
+
+
+def _is_state_dict(value: Any) -> bool:
+    return isinstance(value, Mapping) and len(value) > 0 and all(isinstance(v, Tensor) for v in value.values())
+
+
+def extract_state_dict(checkpoint: Mapping, checkpoint_key: str = "teacher") -> dict[str, Tensor]:
+    """The state_dict inside a checkpoint container (keys unchanged, prefixes and all).
+
+    A plain state_dict (SwAV, DINO backbone-only) is returned as is. In a dict of entries,
+    ``checkpoint_key`` is used when present (``"teacher"`` also accepts the Suave release's
+    ``"ema_state_dict"``, ``"student"`` its ``"state_dict"``); when it is absent or None (e.g. a Suave run
+    without momentum encoder has no teacher) the first of ``student``, ``state_dict``, ``model`` is used,
+    with a log line. Raises CheckpointError when no state_dict is found.
+    """
+    if _is_state_dict(checkpoint):
+        return dict(checkpoint)
+    for key in _KEY_ALIASES.get(checkpoint_key, (checkpoint_key,)):
+        if _is_state_dict(checkpoint.get(key)):
+            return dict(checkpoint[key])
+    for key in _FALLBACK_KEYS:
+        if _is_state_dict(checkpoint.get(key)):
+            logger.info("checkpoint has no %r entry (or it is empty/None): using %r instead", checkpoint_key, key)
+            return dict(checkpoint[key])
+    raise CheckpointError(
+        f"no state_dict found under {checkpoint_key!r} in a checkpoint with entries {sorted(map(str, checkpoint))}; "
+        "pass checkpoint_key naming the entry that holds the weights (e.g. 'teacher' or 'student')"
+    )
+
+
+def _strip_prefixes(key: str, prefixes: Sequence[str]) -> str:
+    """``key`` without any leading run of ``prefixes`` (in any order, e.g. ``module._orig_mod.``)."""
+    stripped = True
+    while stripped:
+        stripped = False
+        for prefix in prefixes:
+            if key.startswith(prefix):
+                key, stripped = key[len(prefix):], True
+    return key
+
+
+def _rename_keys(state_dict: Mapping[str, Tensor], prefixes: Sequence[str], where: str) -> dict[str, Tensor]:
+    """``state_dict`` with ``prefixes`` stripped from every key; CheckpointError if two keys then collide."""
+    renamed: dict[str, Tensor] = {}
+    origin: dict[str, str] = {}
+    for key, value in state_dict.items():
+        new_key = _strip_prefixes(key, prefixes)
+        if new_key in renamed:
+            raise CheckpointError(
+                f"checkpoint {where}: keys {origin[new_key]!r} and {key!r} both map to {new_key!r} once the "
+                f"prefixes {list(prefixes)} are removed"
+            )
+        renamed[new_key], origin[new_key] = value, key
+    return renamed
+
+
+def _weight_norm_alias(key: str) -> str | None:
+    """The same weight-norm tensor under the other naming (legacy weight_g/weight_v <-> parametrizations)."""
+    for legacy, modern in _WEIGHT_NORM_ALIASES.items():
+        if key.endswith("." + legacy):
+            return key[: -len(legacy)] + modern
+        if key.endswith("." + modern):
+            return key[: -len(modern)] + legacy
+    return None
+
+
+def _list_keys(keys: Sequence[str]) -> str:
+    keys = list(keys)
+    shown = ", ".join(keys[:_SHOW])
+    return f"{len(keys)} key(s): {shown}" + (", ..." if len(keys) > _SHOW else "")
+
+
+def _check_complete(
+    wanted: Mapping[str, Tensor], found: Mapping[str, Tensor], where: str, what: str
+) -> None:
+    """CheckpointError naming missing keys and shape mismatches between ``wanted`` (model) and ``found`` (file)."""
+    missing = [key for key in wanted if key not in found]
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {where} lacks {what} {_list_keys(missing)}. Is it the right file / checkpoint_key / "
+            "architecture (--arch, --patch_size, --hidden_mlp)?"
+        )
+    mismatched = [
+        f"{key} {tuple(found[key].shape)} in file vs {tuple(wanted[key].shape)} in model"
+        for key in wanted
+        if tuple(found[key].shape) != tuple(wanted[key].shape)
+    ]
+    if mismatched:
+        raise CheckpointError(
+            f"checkpoint {where} has {what} of the wrong shape, {_list_keys(mismatched)}. Does the model "
+            "match the checkpoint's architecture (--arch, --patch_size, --hidden_mlp, --feat_dim, ...)?"
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# ViT position embedding
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _grid_side(num_patches: int) -> int | None:
+    side = math.isqrt(num_patches)
+    return side if side * side == num_patches else None
+
+
+def resize_pos_embed(pos_embed: Tensor, num_patches: int, num_prefix_tokens: int = 1) -> Tensor:
+    """Bicubic interpolation of a ViT position embedding ``(1, prefix + old_patches, D)`` to ``num_patches``.
+
+    The prefix (CLS) tokens are kept; the square grid of patch embeddings is resized with bicubic
+    interpolation (align_corners=False), as DINO's ``interpolate_pos_encoding`` and timm's
+    ``resample_abs_pos_embed`` do. Both grids must be square.
+    """
+    prefix, grid = pos_embed[:, :num_prefix_tokens], pos_embed[:, num_prefix_tokens:]
+    old_side, new_side = _grid_side(grid.shape[1]), _grid_side(num_patches)
+    if old_side is None or new_side is None:
+        raise ValueError(f"cannot resize pos_embed: {grid.shape[1]} -> {num_patches} patches are not square grids")
+    dim = grid.shape[-1]
+    grid = grid.reshape(1, old_side, old_side, dim).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=(new_side, new_side), mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new_side * new_side, dim).to(pos_embed.dtype)
+    return torch.cat([prefix, grid], dim=1)
+
+
+def _adapt_pos_embed(found: dict[str, Tensor], wanted: Mapping[str, Tensor], where: str) -> None:
+    """Resize ``found['pos_embed']`` in place when only its number of patches differs from the model's."""
+    source, target = found.get("pos_embed"), wanted.get("pos_embed")
+    if source is None or target is None or source.shape == target.shape:
+        return
+    if source.dim() != 3 or target.dim() != 3 or source.shape[0] != 1 or source.shape[2] != target.shape[2]:
+        return  # a real mismatch, reported by _check_complete
+    prefix_tokens = sum(1 for name in ("cls_token", "dist_token") if name in wanted)
+    old_patches, new_patches = source.shape[1] - prefix_tokens, target.shape[1] - prefix_tokens
+    if _grid_side(old_patches) is None or _grid_side(new_patches) is None:
+        return
+    found["pos_embed"] = resize_pos_embed(source, new_patches, prefix_tokens)
+    old_side, new_side = _grid_side(old_patches), _grid_side(new_patches)
+    logger.info(
+        "checkpoint %s: resized pos_embed from a %dx%d to a %dx%d patch grid (bicubic) for another image size",
+        where, old_side, old_side, new_side, new_side,
+    )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# loading into models
+# --------------------------------------------------------------------------------------------------------------
+
+
+def load_pretrained_backbone(
+    backbone: nn.Module,
+    path: CheckpointSource,
+    checkpoint_key: str = "teacher",
+    flag: str | None = None,
+) -> list[str]:
+    """Load the backbone part of a released or of this project's checkpoint into ``backbone``.
+
+    ``path`` may also be a dict already read with :func:`read_checkpoint` (read the file once when loading
+    both the backbone and the projection). Keys lose their ``module.`` / ``_orig_mod.`` and then
+    ``backbone.`` prefixes; keys the backbone does not have (projection_head, prototypes, head, fc, ...) are
+    ignored. Every backbone tensor must be in the file with the model's shape, else CheckpointError names the
+    keys and the file; a ViT ``pos_embed`` trained for another image size is interpolated. Returns the loaded
+    key names (all of ``backbone.state_dict()``).
+    """
+    checkpoint, where = _as_checkpoint(path, flag)
+    state_dict = extract_state_dict(checkpoint, checkpoint_key)
+    found = _rename_keys(state_dict, (*_WRAPPER_PREFIXES, _BACKBONE_PREFIX), where)
+    module = unwrap_module(backbone)
+    wanted = module.state_dict()
+    _adapt_pos_embed(found, wanted, where)
+    _check_complete(wanted, found, where, "backbone")
+    selected = {key: found[key] for key in wanted}
+    module.load_state_dict(selected, strict=True)
+    ignored = [key for key in found if key not in wanted]
+    logger.info(
+        "loaded %d backbone tensors from %s (%r); missing: none; ignored (not in the backbone): %s",
+        len(selected), where, checkpoint_key, _list_keys(ignored) if ignored else "none",
+    )
+    return list(selected)
+
+
+def _projection_prefixes(network: nn.Module) -> tuple[str, str, str]:
+    """(projection prefix, classifier prefix, network kind) of a SwAVNetwork or DINONetwork, by attributes."""
+    if hasattr(network, "projection_head") and hasattr(network, "prototypes"):
+        return "projection_head.", "prototypes.", "SwAV"
+    head = getattr(network, "head", None)
+    if isinstance(head, nn.Module) and hasattr(head, "mlp") and hasattr(head, "last_layer"):
+        return "head.mlp.", "head.last_layer.", "DINO"
+    raise TypeError(
+        f"{type(network).__name__} has neither 'projection_head' + 'prototypes' (SwAVNetwork) nor "
+        "'head.mlp' + 'head.last_layer' (DINONetwork): cannot load a projection into it"
+    )
+
+
+def load_pretrained_projection(
+    network: nn.Module,
+    path: CheckpointSource,
+    checkpoint_key: str = "teacher",
+    load_classifier: bool = False,
+    flag: str | None = None,
+) -> list[str]:
+    """Load the projection MLP of a released or of this project's checkpoint (``--init_proj``).
+
+    SwAVNetwork: ``projection_head.*`` (``module.projection_head.*`` in the SwAV file). DINONetwork:
+    ``head.mlp.*`` (``module.head.mlp.*`` in the DINO student, ``head.mlp.*`` in the teacher). The
+    prototypes / ``head.last_layer`` (K outputs) are left untouched unless ``load_classifier`` is True
+    (fine-tuning one of this project's checkpoints with the same classes), in which case they must match
+    in shape. Weight-norm tensors are accepted under either naming (legacy ``weight_g``/``weight_v`` or
+    ``parametrizations.weight.original0``/``original1``) and converted to the model's. Missing keys or
+    shape mismatches raise CheckpointError naming the keys and the file. Returns the loaded key names.
+    """
+    checkpoint, where = _as_checkpoint(path, flag)
+    state_dict = extract_state_dict(checkpoint, checkpoint_key)
+    found = _rename_keys(state_dict, _WRAPPER_PREFIXES, where)
+    module = unwrap_module(network)
+    projection, classifier, kind = _projection_prefixes(module)
+    prefixes = (projection, classifier) if load_classifier else (projection,)
+    wanted = {key: value for key, value in module.state_dict().items() if key.startswith(prefixes)}
+    for key in wanted:
+        alias = _weight_norm_alias(key)
+        if key not in found and alias is not None and alias in found:
+            found[key] = found[alias]
+    what = f"{kind} projection" + (" / classifier" if load_classifier else "")
+    _check_complete(wanted, found, where, what)
+    selected = {key: found[key] for key in wanted}
+    if not selected:
+        logger.warning("%s has no %s parameters: nothing loaded from %s", type(module).__name__, what, where)
+        return []
+    module.load_state_dict(selected, strict=False)  # only the selected part; the rest stays as it is
+    _warn_frozen_norm(module, selected, classifier)
+    logger.info(
+        "loaded %d %s tensors from %s (%r): %s", len(selected), what, where, checkpoint_key, _list_keys(list(selected))
+    )
+    return list(selected)
+
+
+def _warn_frozen_norm(module: nn.Module, loaded: Mapping[str, Tensor], classifier: str) -> None:
+    """Warn when a frozen weight-norm magnitude (DINO ``norm_last_layer``) was loaded with values other than 1."""
+    parameters = dict(module.named_parameters())
+    for key, value in loaded.items():
+        if not key.startswith(classifier) or not key.endswith(("weight_g", "original0")):
+            continue
+        parameter = parameters.get(key)
+        if parameter is not None and not parameter.requires_grad and not torch.all(value == 1):
+            logger.warning(
+                "%s is frozen (norm_last_layer) but the checkpoint's values are not all 1: the loaded "
+                "magnitudes stay fixed during training", key,
+            )
