@@ -1,0 +1,1 @@
+"""Daino: DINO + labels (Fini et al., CVPR 2023, Sec. 3.3)."""

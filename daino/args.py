@@ -1,0 +1,66 @@
+"""Daino's command line: every flag of the released ``main_daino.py`` parser, plus the shared ones."""
+from __future__ import annotations
+
+import argparse
+
+from src.args import add_data_args, add_run_args, bool_flag
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("Daino", add_help=False)
+    add_data_args(parser)
+    add_run_args(parser)
+    parser.set_defaults(seed=0)
+
+    g = parser.add_argument_group("model")
+    g.add_argument("--arch", default="vit_small", type=str, help="backbone (see src.models.available_backbones())")
+    g.add_argument("--patch_size", default=16, type=int, help="ViT patch size")
+    g.add_argument("--small_stem", type=bool_flag, default=False, help="(new) small-image ResNet stem")
+    g.add_argument("--out_dim", default=None, type=int,
+                   help="DINO head outputs = number of classes (default: the number of classes; "
+                        "a different value is an error outside --train_mode selfsup)")
+    g.add_argument("--norm_last_layer", default=True, type=bool_flag, help="weight-normalised last layer with fixed norm")
+    g.add_argument("--momentum_teacher", default=0.996, type=float, help="base teacher EMA momentum (cosine to 1)")
+    g.add_argument("--use_bn_in_head", default=False, type=bool_flag, help="BatchNorm in the DINO head")
+    g.add_argument("--warmup_teacher_temp", default=0.04, type=float, help="initial teacher temperature")
+    g.add_argument("--teacher_temp", default=0.04, type=float, help="teacher temperature after warm-up")
+    g.add_argument("--warmup_teacher_temp_epochs", default=0, type=int, help="teacher temperature warm-up epochs")
+    g.add_argument("--temperature", default=0.1, type=float, help="student temperature (both terms)")
+    g.add_argument("--label_smoothing", type=float, default=0.01, help="label smoothing of the labelled term")
+
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--weight_decay", type=float, default=0.04, help="initial weight decay (cosine schedule)")
+    g.add_argument("--weight_decay_end", type=float, default=0.4, help="final weight decay")
+    g.add_argument("--clip_grad", type=float, default=3.0, help="per-parameter gradient norm clip (0: off)")
+    g.add_argument("--batch_size_per_gpu", default=64, type=int, help="unlabelled images per process")
+    g.add_argument("--lab_batch_size_per_gpu", default=50, type=int, help="labelled images per process")
+    g.add_argument("--epochs", default=100, type=int, help="epochs (passes over the unlabelled data)")
+    g.add_argument("--freeze_last_layer", default=0, type=int, help="epochs with the last layer frozen")
+    g.add_argument("--lr", default=0.0005, type=float,
+                   help="peak learning rate for a global unlabelled batch of 256 (linear scaling)")
+    g.add_argument("--warmup_epochs", default=10, type=int, help="linear warm-up epochs")
+    g.add_argument("--min_lr", type=float, default=1e-6, help="final learning rate (cosine)")
+    g.add_argument("--optimizer", default="adamw", type=str, choices=["adamw", "sgd", "lars"], help="optimiser")
+    g.add_argument("--drop_path_rate", type=float, default=0.1, help="stochastic depth rate of the student")
+    g.add_argument("--init_proj", type=bool_flag, default=False, help="also load the DINO head's MLP")
+    g.add_argument("--init_prototypes", type=bool_flag, default=False,
+                   help="(new) also load the last layer when its shape matches (fine-tuning our own checkpoint)")
+    g.add_argument("--dino_init_ckpt", type=str, default=None,
+                   help="DINO (or Daino) checkpoint to start from; none: train from scratch")
+    g.add_argument("--checkpoint_key", type=str, default="student",
+                   help="(new) which network of a full DINO checkpoint to start from (the release loads the student)")
+
+    g = parser.add_argument_group("multi-crop (unlabelled views)")
+    g.add_argument("--global_crops_scale", type=float, nargs="+", default=(0.4, 1.0), help="global crop scales")
+    g.add_argument("--local_crops_number", type=int, default=8, help="number of local crops")
+    g.add_argument("--local_crops_scale", type=float, nargs="+", default=(0.05, 0.4), help="local crop scales")
+    g.add_argument("--global_crop_size", type=int, default=224, help="(new) global crop size")
+    g.add_argument("--local_crop_size", type=int, default=96, help="(new) local crop size")
+
+    g.add_argument("--require_init_ckpt", type=bool_flag, default=False,
+                   help="(new) refuse to start without --dino_init_ckpt (the fine-tuning recipes set it)")
+
+    g = parser.add_argument_group("misc")
+    g.add_argument("--saveckp_freq", default=20, type=int, help="keep a snapshot every N epochs")
+    g.add_argument("--num_workers", default=10, type=int, help="data-loading workers per process")
+    return parser

@@ -1,0 +1,92 @@
+"""Command-line flags both entry points share (data, mixup, augmentation, run, logging, distributed).
+
+The names and meanings are the released recipes' (``suave/scripts/*.sh``, ``daino/scripts/*.sh``); flags this
+project adds are marked "(new)". Each method adds its own flags in ``suave/args.py`` / ``daino/args.py``.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def bool_flag(value: str | bool) -> bool:
+    """Parse the release's boolean flags: on/true/1 and off/false/0 (case-insensitive)."""
+    if isinstance(value, bool):
+        return value
+    lowered = value.lower()
+    if lowered in {"on", "true", "1", "yes"}:
+        return True
+    if lowered in {"off", "false", "0", "no"}:
+        return False
+    raise argparse.ArgumentTypeError(f"invalid boolean value {value!r}: use true/false (or on/off, 1/0)")
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("data")
+    g.add_argument("--data_path", type=str, default="/path/to/imagenet",
+                   help="dataset root holding train/<class>/<file> and val/<class>/<file>")
+    g.add_argument("--labels_perc", type=str, default="10",
+                   help="percentage of labelled images: 1 or 10 use the standard ImageNet lists "
+                        "(DATA/subsets/{1,10}percent.txt); other datasets use --subset_file")
+    g.add_argument("--subset_file", type=str, default=None,
+                   help="(new) list of labelled files, one per line: ImageNet style '<wnid>_<n>.JPEG' or "
+                        "'<class>/<file>'; overrides --labels_perc")
+    g.add_argument("--mean", type=float, nargs=3, default=None,
+                   help="(new) normalisation mean (default: ImageNet's)")
+    g.add_argument("--std", type=float, nargs=3, default=None,
+                   help="(new) normalisation std (default: the method release's ImageNet values)")
+    g.add_argument("--lab_crop_size", type=int, default=224,
+                   help="(new) size of the labelled crops (224 for ImageNet)")
+    g.add_argument("--val_resize", type=int, default=256, help="(new) validation Resize (256 for ImageNet)")
+    g.add_argument("--val_crop", type=int, default=224, help="(new) validation CenterCrop (224 for ImageNet)")
+    g.add_argument("--mixup_unlab", type=bool_flag, default=False, help="mixup/cutmix on unlabelled views")
+    g.add_argument("--mixup_unlab_type", type=str, default="all", choices=["all", "globals"],
+                   help="mix every view or only the global views")
+    g.add_argument("--mixup_lab", type=bool_flag, default=False, help="mixup/cutmix on labelled images")
+    g.add_argument("--mixup_lab_type", type=str, default="extend", choices=["extend", "replace"],
+                   help="extend the labelled batch with mixed copies or replace it")
+    g.add_argument("--mixup_lab_prob", type=float, default=0.5,
+                   help="probability of mixing the labelled batch with --mixup_lab_type replace")
+    g.add_argument("--augment3_lab", type=bool_flag, default=False,
+                   help="3-Augment (DeiT III) on labelled images")
+    g.add_argument("--simple_crop", type=bool_flag, default=False,
+                   help="simple resized crop inside 3-Augment")
+    g.add_argument("--light_augment_lab", type=bool_flag, default=False,
+                   help="lighter augmentation on labelled images")
+    g.add_argument("--val_batch_size", type=int, default=None,
+                   help="(new) validation batch size per process (default: the unlabelled batch size)")
+
+
+def add_run_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("run")
+    g.add_argument("--output_dir", type=str, default=".",
+                   help="experiment directory: checkpoints, train.log, stats.csv; re-running resumes")
+    g.add_argument("--seed", type=int, default=31, help="random seed")
+    g.add_argument("--use_fp16", type=bool_flag, default=True,
+                   help="fp16 autocast with gradient scaling (CUDA only; ignored with a warning on CPU)")
+    g.add_argument("--use_bf16", type=bool_flag, default=False,
+                   help="(new) bf16 autocast on CPU or GPU (takes precedence over --use_fp16)")
+    g.add_argument("--device", type=str, default="auto", choices=["auto", "cpu", "cuda"],
+                   help="(new) where to train: auto = CUDA when available")
+    g.add_argument("--train_mode", type=str, default="semisup", choices=["semisup", "supervised", "selfsup"],
+                   help="(new) semisup: both terms (the paper); supervised: labelled term only (baseline); "
+                        "selfsup: unlabelled term only (plain SwAV/DINO pre-training)")
+    g.add_argument("--checkpoint_every_iters", type=int, default=0,
+                   help="(new) also write checkpoint.pth every N iterations (0: only at epoch ends)")
+    g.add_argument("--max_iters_per_epoch", type=int, default=0,
+                   help="(new) cap iterations per epoch (0: one full pass over the unlabelled data)")
+    g.add_argument("--time_budget_min", type=float, default=0,
+                   help="(new) stop cleanly (checkpoint + validation) after this many minutes (0: no limit)")
+    g.add_argument("--stop_after_epochs", type=int, default=0,
+                   help="(new) leave after this many epochs in this invocation (fixed-length queue slots); "
+                        "the same command resumes")
+    g.add_argument("--log_freq", type=int, default=50, help="(new) log every N iterations")
+    g.add_argument("--wandb", type=bool_flag, default=False, help="log to Weights & Biases")
+    g.add_argument("--wandb_project", type=str, default="simple-semi-self", help="(new) wandb project")
+    g.add_argument("--wandb_entity", type=str, default=None, help="(new) wandb entity")
+    g.add_argument("--wandb_mode", type=str, default="online", choices=["online", "offline", "disabled"],
+                   help="(new) wandb mode; offline works without network")
+    g.add_argument("--dist_url", type=str, default="env://", help="kept for the release's scripts; env:// only")
+    g.add_argument("--world_size", type=int, default=-1, help="set from the environment; do not pass")
+    g.add_argument("--rank", type=int, default=0, help="set from the environment; do not pass")
+    g.add_argument("--local_rank", "--local-rank", type=int, default=None,
+                   help="given by old launchers; the environment's LOCAL_RANK/SLURM_LOCALID wins")

@@ -1,0 +1,30 @@
+"""Command-line front door shared by main_suave.py and main_daino.py: parse, run, and turn the errors a
+user can fix into one clear line and a non-zero exit code (no traceback)."""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Callable
+
+from src.checkpoint import CheckpointError
+from src.data.errors import DataError
+from src.errors import TrainingDiverged, UserError
+
+
+def run_main(get_parser: Callable[[], argparse.ArgumentParser], main: Callable[[argparse.Namespace], object],
+             prog: str, argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog, parents=[get_parser()])
+    args = parser.parse_args(argv)
+    try:
+        main(args)
+    except (UserError, FileNotFoundError, CheckpointError, DataError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("interrupted: the last checkpoint.pth in --output_dir is intact; re-run the same command to resume",
+              file=sys.stderr)
+        return 130
+    return 0

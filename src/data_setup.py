@@ -1,0 +1,146 @@
+"""From the parsed flags to the three loaders of a run (unlabelled multi-crop, infinite labelled, validation).
+
+The release built these inline in each ``main_*.py``; here one function serves both methods, which only
+supply their unlabelled multi-crop transform, batch sizes and normalisation (``DataConfig.from_args``).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from typing import Callable, Iterator
+
+import torch
+from torch.utils.data import DataLoader
+
+from src.data import (IMAGENET_MEAN, InfiniteLabelledLoader, LabelledBatch, LabelledCollate, Normalization,
+                      UnlabelledBatch, UnlabelledCollate, build_datasets, build_unlabelled_loader,
+                      build_val_loader, dino_multicrop, labelled_transform, swav_multicrop, val_transform)
+from src.distributed import DistInfo
+from src.errors import UserError
+from src.logging_utils import get_logger
+
+MultiCropFactory = Callable[[Normalization], Callable]
+
+
+@dataclass
+class DataConfig:
+    data_path: str
+    labels_perc: str | None
+    subset_file: str | None
+    multicrop: MultiCropFactory
+    unlab_batch_size: int
+    lab_batch_size: int
+    val_batch_size: int
+    workers: int
+    seed: int
+    normalization: Normalization
+    lab_kind: str
+    lab_crop_size: int
+    simple_crop: bool
+    val_resize: int | None
+    val_crop: int | None
+    mixup_unlab: str | None
+    mixup_lab: str | None
+    mixup_lab_prob: float
+    train_mode: str
+    max_iters_per_epoch: int
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, unlab_batch_size: int, lab_batch_size: int, workers: int,
+                  multicrop: MultiCropFactory, default_std: tuple[float, float, float]) -> "DataConfig":
+        lab_kind = "light" if args.light_augment_lab else "augment3" if args.augment3_lab else "standard"
+        return cls(
+            data_path=os.path.abspath(args.data_path), labels_perc=args.labels_perc, subset_file=args.subset_file,
+            multicrop=multicrop, unlab_batch_size=unlab_batch_size, lab_batch_size=lab_batch_size,
+            val_batch_size=args.val_batch_size or unlab_batch_size, workers=workers, seed=args.seed,
+            normalization=Normalization(tuple(args.mean or IMAGENET_MEAN), tuple(args.std or default_std)),
+            lab_kind=lab_kind, lab_crop_size=args.lab_crop_size, simple_crop=args.simple_crop,
+            val_resize=args.val_resize or None, val_crop=args.val_crop or None,
+            mixup_unlab=args.mixup_unlab_type if args.mixup_unlab else None,
+            mixup_lab=args.mixup_lab_type if args.mixup_lab else None, mixup_lab_prob=args.mixup_lab_prob,
+            train_mode=args.train_mode, max_iters_per_epoch=args.max_iters_per_epoch)
+
+
+def swav_multicrop_config(args: argparse.Namespace) -> MultiCropFactory:
+    """SwAV multi-crop from Suave's flags (``--nmb_crops``, ``--size_crops``, scales, ``--color_jit_unlab``)."""
+    lengths = {len(args.nmb_crops), len(args.size_crops), len(args.min_scale_crops), len(args.max_scale_crops)}
+    if len(lengths) != 1:
+        raise UserError("--nmb_crops, --size_crops, --min_scale_crops and --max_scale_crops need one value per crop "
+                        f"group; got {args.nmb_crops}, {args.size_crops}, {args.min_scale_crops}, {args.max_scale_crops}")
+    return lambda norm: swav_multicrop(args.size_crops, args.nmb_crops, args.min_scale_crops, args.max_scale_crops,
+                                       color_jitter=args.color_jit_unlab, normalization=norm)
+
+
+def dino_multicrop_config(args: argparse.Namespace) -> MultiCropFactory:
+    """DINO's global + local crops from Daino's flags."""
+    return lambda norm: dino_multicrop(args.global_crops_scale, args.local_crops_scale, args.local_crops_number,
+                                       global_size=args.global_crop_size, local_size=args.local_crop_size,
+                                       normalization=norm)
+
+
+@dataclass
+class DataBundle:
+    unlab_loader: DataLoader | None
+    lab_loader: InfiniteLabelledLoader | None
+    val_loader: DataLoader | None
+    num_classes: int
+    class_to_idx: dict[str, int]
+    iters_per_epoch: int
+    unlab_batch_size: int
+
+    def epoch_batches(self, epoch: int, start_iter: int = 0
+                      ) -> Iterator[tuple[LabelledBatch | None, UnlabelledBatch | None]]:
+        """(labelled, unlabelled) batches of one epoch from ``start_iter`` on (either may be None by mode)."""
+        unlab_iter = None
+        if self.unlab_loader is not None:
+            self.unlab_loader.sampler.set_epoch(epoch, start=start_iter * self.unlab_batch_size)
+            unlab_iter = iter(self.unlab_loader)
+        for _ in range(start_iter, self.iters_per_epoch):
+            unlab = next(unlab_iter) if unlab_iter is not None else None
+            lab = next(self.lab_loader) if self.lab_loader is not None else None
+            yield lab, unlab
+
+
+def build_data(cfg: DataConfig, dist: DistInfo) -> DataBundle:
+    """Datasets and loaders for ``cfg.train_mode``: semisup (both streams), supervised (labelled only, the
+    baseline), selfsup (unlabelled only). An epoch is one pass over the unlabelled data either way."""
+    if not os.path.isdir(cfg.data_path):
+        raise UserError(f"--data_path {cfg.data_path} does not exist: point it at a folder with train/<class>/ and "
+                        "val/<class>/ (e.g. `python -m src.data.fashion_mnist --out data/fashion-mnist`)")
+    norm = cfg.normalization
+    use_unlab, use_lab = cfg.train_mode != "supervised", cfg.train_mode != "selfsup"
+    data = build_datasets(
+        cfg.data_path,
+        unlabelled_transform=cfg.multicrop(norm) if use_unlab else None,
+        labelled_transform=labelled_transform(cfg.lab_kind, size=cfg.lab_crop_size, normalization=norm,
+                                              simple_crop=cfg.simple_crop),
+        val_transform=val_transform(cfg.val_resize, cfg.val_crop, normalization=norm),
+        labels_perc=cfg.labels_perc, subset_file=cfg.subset_file)
+    num_classes = len(data.class_to_idx)
+    pin = dist.device.type == "cuda"
+    unlab_loader = lab_loader = None
+    if use_unlab:
+        unlab_loader = build_unlabelled_loader(data.unlabelled, cfg.unlab_batch_size, dist.rank, dist.world_size,
+                                               cfg.seed, cfg.workers, UnlabelledCollate(mixup=cfg.mixup_unlab),
+                                               pin_memory=pin)
+        iters = len(unlab_loader)
+    else:
+        iters = len(data.unlabelled) // (cfg.unlab_batch_size * dist.world_size)
+    if use_lab:
+        lab_loader = InfiniteLabelledLoader(
+            data.labelled, cfg.lab_batch_size, dist.rank, dist.world_size, cfg.seed, cfg.workers,
+            LabelledCollate(num_classes=num_classes, mixup=cfg.mixup_lab, mixup_prob=cfg.mixup_lab_prob),
+            pin_memory=pin)
+    if cfg.max_iters_per_epoch:
+        iters = min(iters, cfg.max_iters_per_epoch)
+    if iters == 0:
+        raise UserError(f"{len(data.unlabelled)} training images make no batch of {cfg.unlab_batch_size} per "
+                        f"process on {dist.world_size} process(es): lower the unlabelled batch size")
+    val_loader = build_val_loader(data.val, cfg.val_batch_size, dist.rank, dist.world_size, cfg.workers,
+                                  pin_memory=pin)
+    get_logger().info("data: %d classes, %d unlabelled, %d labelled (%s), %d val images; %d iterations per epoch "
+                      "(mode %s)", num_classes, len(data.unlabelled), len(data.labelled), data.subset_file,
+                      len(data.val), iters, cfg.train_mode)
+    return DataBundle(unlab_loader, lab_loader, val_loader, num_classes, data.class_to_idx, iters,
+                      cfg.unlab_batch_size)

@@ -1,0 +1,163 @@
+"""What a method (Suave, Daino) gives the shared engine: networks, optimiser, schedules, targets, evaluators.
+
+A method owns only what differs between Suave and Daino (how unlabelled targets are made, which networks
+exist, which optimiser). The engine (``src/engine.py``) owns the loop, precision, DDP, checkpoints and logs.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from src.checkpoint import load_pretrained_backbone, load_pretrained_projection, read_checkpoint
+from src.data import LabelledBatch, UnlabelledBatch
+from src.ema import ema_update_
+from src.errors import UserError
+from src.metrics import accuracy
+from src.objective import ObjectiveInputs, mixed_targets, semisup_objective
+
+
+@dataclass
+class StepOutput:
+    """The loss to back-propagate and what to log (floats or 0-d tensors)."""
+
+    loss: torch.Tensor
+    logs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Schedules:
+    """Per-iteration arrays (dinov2 style). ``wd``/``momentum`` may be absent."""
+
+    lr: np.ndarray
+    wd: np.ndarray | None = None
+    momentum: np.ndarray | None = None
+
+
+class Method:
+    """Base class; subclasses set ``self.student`` (the trainable network) in ``__init__``."""
+
+    name = "method"
+
+    def __init__(self, args: argparse.Namespace, num_classes: int, device: torch.device) -> None:
+        self.args = args
+        self.num_classes = num_classes
+        self.device = device
+        self.student: nn.Module
+        # The engine replaces this with the DDP-wrapped student; forward passes go through it.
+        self.forward_student: Callable[..., Any] | None = None
+        # (teacher params, student params) of an EMA teacher/momentum encoder, updated after each step.
+        self.ema_pairs: tuple[list[torch.Tensor], list[torch.Tensor]] | None = None
+
+    # --- built once -------------------------------------------------------------------------------
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+    def build_schedules(self, iters_per_epoch: int) -> Schedules:
+        raise NotImplementedError
+
+    def unlabelled_transform(self) -> Callable:
+        """The multi-crop transform of unlabelled images."""
+        raise NotImplementedError
+
+    def unlabelled_batch_size(self) -> int:
+        raise NotImplementedError
+
+    def labelled_batch_size(self) -> int:
+        raise NotImplementedError
+
+    # --- every step -------------------------------------------------------------------------------
+    def before_step(self, epoch: int, iteration: int) -> None:
+        """Called before the forward pass (e.g. prototype normalisation)."""
+
+    def training_step(self, lab: LabelledBatch | None, unlab: UnlabelledBatch | None,
+                      epoch: int, iteration: int) -> StepOutput:
+        """One forward of the student on [labelled, unlabelled views, mixed views], the method's targets for
+        the unlabelled views, and the single row-share weighted cross-entropy (src.objective)."""
+        crops = ([lab.images] if lab is not None else [])
+        if unlab is not None:
+            crops += list(unlab.views) + list(unlab.mixed_views)
+        out = self.forward_student(crops)
+        scores = self.class_scores(out)
+        n_lab = lab.images.size(0) if lab is not None else 0
+        inputs = ObjectiveInputs(temperature=self.args.temperature, label_smoothing=self.args.label_smoothing)
+        logs: dict[str, Any] = {}
+        if lab is not None:
+            inputs.lab_scores, inputs.lab_targets = scores[:n_lab], lab.targets
+            logs["lab_acc1"] = accuracy(scores[:n_lab], lab.targets, (1,))[0]
+            self.add_labelled_extras(inputs, out, lab)
+        if unlab is not None:
+            b, n_views = unlab.batch_size, len(unlab.views)
+            targets = self.unlabelled_targets(unlab, out, slice(n_lab, n_lab + b * n_views), epoch)
+            inputs.unlab_scores = list(scores[n_lab:n_lab + b * n_views].split(b))
+            inputs.unlab_targets = targets
+            if unlab.mixed_views:
+                inputs.mixed_scores = list(scores[n_lab + b * n_views:].split(b))
+                inputs.mixed_targets = mixed_targets(list(targets.values()), unlab.mix_lams, unlab.mix_target_pairs)
+            logs["pseudo_acc1"] = sum(accuracy(q, unlab.labels, (1,))[0] for q in targets.values()) / len(targets)
+        loss, terms = semisup_objective(inputs)
+        logs.update({k: v.detach() for k, v in terms.items()})
+        return StepOutput(loss=loss, logs=logs)
+
+    def class_scores(self, out: Any) -> torch.Tensor:
+        """The (N, K) class scores in the student's output."""
+        return out
+
+    def unlabelled_targets(self, unlab: UnlabelledBatch, out: Any, rows: slice, epoch: int) -> dict[int, torch.Tensor]:
+        """View index -> (B, K) target distribution; ``rows`` selects the unlabelled views in ``out``."""
+        raise NotImplementedError
+
+    def add_labelled_extras(self, inputs: ObjectiveInputs, out: Any, lab: LabelledBatch) -> None:
+        """Hook for extra labelled terms (Suave's online probes)."""
+
+    def after_backward(self, epoch: int, iteration: int) -> None:
+        """Called after (unscaled) gradients exist, before clipping and the optimiser step."""
+
+    def after_optimizer_step(self, epoch: int, iteration: int, schedules: Schedules) -> None:
+        """After the optimiser step: the EMA update of the teacher / momentum encoder, if any."""
+        if self.ema_pairs is not None and schedules.momentum is not None:
+            ema_update_(*self.ema_pairs, float(schedules.momentum[min(iteration, len(schedules.momentum) - 1)]))
+
+    # --- evaluation and state -----------------------------------------------------------------------
+    def evaluators(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        """Name -> function mapping a batch of validation images to class scores (eval mode is set by the engine)."""
+        raise NotImplementedError
+
+    def eval_modules(self) -> list[nn.Module]:
+        """Modules to switch to eval mode during validation."""
+        return [self.student]
+
+    def clip_modules(self) -> list[nn.Module]:
+        return [self.student]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Method state beyond the student and optimiser (teacher, queue, loss center)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def resolve_num_outputs(requested: int | None, num_classes: int, flag: str, train_mode: str) -> int:
+    """K = the number of classes; a different value is only meaningful without labels (selfsup)."""
+    if requested is None:
+        return num_classes
+    if requested != num_classes and train_mode != "selfsup":
+        raise UserError(f"{flag} {requested} does not match the {num_classes} classes of the labelled data: "
+                        f"the prototypes are the classes; drop {flag} or set it to {num_classes}")
+    return requested
+
+
+def init_from_checkpoint(network: nn.Module, path: str, flag: str, checkpoint_key: str, init_proj: bool,
+                         init_prototypes: bool) -> None:
+    """Start ``network`` from a released SwAV/DINO file or one of ours: the backbone always, the projection
+    (``--init_proj``) and the class layer (``--init_prototypes``, same K only) when asked. Reads the file once."""
+    checkpoint = read_checkpoint(path, flag=flag)
+    load_pretrained_backbone(network.backbone, checkpoint, checkpoint_key=checkpoint_key, flag=flag)
+    if init_proj or init_prototypes:
+        load_pretrained_projection(network, checkpoint, checkpoint_key=checkpoint_key,
+                                   load_classifier=init_prototypes, flag=flag)

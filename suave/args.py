@@ -1,0 +1,83 @@
+"""Suave's command line: every flag of the released ``main_suave.py`` parser, plus the shared ones."""
+from __future__ import annotations
+
+import argparse
+
+from src.args import add_data_args, add_run_args, bool_flag
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("Suave", add_help=False)
+    add_data_args(parser)
+    add_run_args(parser)
+    parser.set_defaults(seed=31)
+
+    g = parser.add_argument_group("multi-crop (unlabelled views)")
+    g.add_argument("--nmb_crops", type=int, default=[2], nargs="+", help="number of crops per size, e.g. 2 8")
+    g.add_argument("--size_crops", type=int, default=[224], nargs="+", help="crop sizes, e.g. 224 96")
+    g.add_argument("--min_scale_crops", type=float, default=[0.14], nargs="+", help="RandomResizedCrop min scales")
+    g.add_argument("--max_scale_crops", type=float, default=[1.0], nargs="+", help="RandomResizedCrop max scales")
+    g.add_argument("--color_jit_unlab", type=bool_flag, default=True,
+                   help="SwAV colour distortion and blur on unlabelled views")
+
+    g = parser.add_argument_group("swav")
+    g.add_argument("--crops_for_assign", type=int, nargs="+", default=[0, 1],
+                   help="crops whose Sinkhorn assignments are the targets")
+    g.add_argument("--temperature", default=0.1, type=float, help="temperature of the prototype scores")
+    g.add_argument("--epsilon", default=0.05, type=float, help="Sinkhorn-Knopp regularisation")
+    g.add_argument("--sinkhorn_iterations", default=3, type=int, help="Sinkhorn-Knopp iterations")
+    g.add_argument("--feat_dim", default=128, type=int, help="embedding (projection output) dimension")
+    g.add_argument("--nmb_prototypes", default=None, type=int,
+                   help="number of prototypes = number of classes (default: the number of classes; "
+                        "a different value is an error outside --train_mode selfsup)")
+    g.add_argument("--queue_length", type=int, default=0, help="queue of embeddings, all ranks together (0: none)")
+    g.add_argument("--epoch_queue_starts", type=int, default=15, help="epoch from which the queue is used")
+    g.add_argument("--label_smoothing", type=float, default=0.01, help="label smoothing of the labelled term")
+
+    g = parser.add_argument_group("model")
+    g.add_argument("--arch", default="resnet50", type=str, help="backbone (see src.models.available_backbones())")
+    g.add_argument("--small_stem", type=bool_flag, default=False,
+                   help="(new) 3x3 stride-1 stem without max-pool for 28-64 px images (ResNets)")
+    g.add_argument("--hidden_mlp", default=[2048], type=int, nargs="+", help="hidden sizes of the projection head")
+    g.add_argument("--multihead_eval", type=bool_flag, default=False,
+                   help="online linear probes on each projection stage (detached)")
+    g.add_argument("--ensemble_eval", type=bool_flag, default=False,
+                   help="a linear classifier on the concatenation of all stages' features")
+    g.add_argument("--bn_ensemble", type=bool_flag, default=False, help="BatchNorm before the ensemble classifier")
+    g.add_argument("--detach_ensemble", type=bool_flag, default=True, help="ensemble classifier on detached features")
+    g.add_argument("--use_momentum", type=bool_flag, default=False,
+                   help="an EMA copy of the student computes the Sinkhorn targets")
+    g.add_argument("--momentum_encoder", default=0.996, type=float,
+                   help="base EMA momentum, raised to 1 with a cosine schedule")
+
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--epochs", default=100, type=int, help="epochs (passes over the unlabelled data)")
+    g.add_argument("--batch_size", default=64, type=int, help="unlabelled images per process")
+    g.add_argument("--lab_batch_size", default=50, type=int, help="labelled images per process")
+    g.add_argument("--base_lr", default=4.8, type=float, help="learning rate after warm-up")
+    g.add_argument("--final_lr", type=float, default=0, help="final learning rate (cosine)")
+    g.add_argument("--lr_last_layer", type=float, default=None,
+                   help="learning rate of the prototypes (the released finetune scripts pass it; the released "
+                        "parser lacked it). Follows the same schedule, scaled by lr_last_layer / base_lr")
+    g.add_argument("--freeze_prototypes_niters", default=0, type=int, help="no prototype gradient for N iterations")
+    g.add_argument("--wd", default=1e-6, type=float, help="weight decay (LARS, every parameter)")
+    g.add_argument("--warmup_epochs", default=10, type=int, help="linear warm-up epochs")
+    g.add_argument("--start_warmup", default=0, type=float, help="learning rate at the start of warm-up")
+    g.add_argument("--warmup_proj_nepochs", default=2, type=int,
+                   help="epochs during which only the projection head and prototypes learn")
+    g.add_argument("--clip_grad", type=float, default=0.0, help="(new) per-parameter gradient norm clip (0: off)")
+    g.add_argument("--init_proj", type=bool_flag, default=False, help="also load the projection head")
+    g.add_argument("--init_prototypes", type=bool_flag, default=False,
+                   help="(new) also load the prototypes when their shape matches (fine-tuning our own checkpoint)")
+    g.add_argument("--swav_init_ckpt", type=str, default=None,
+                   help="SwAV (or Suave) checkpoint to start from; none: train from scratch")
+
+    g.add_argument("--require_init_ckpt", type=bool_flag, default=False,
+                   help="(new) refuse to start without --swav_init_ckpt (the fine-tuning recipes set it)")
+
+    g = parser.add_argument_group("misc")
+    g.add_argument("--workers", default=10, type=int, help="data-loading workers per process")
+    g.add_argument("--checkpoint_freq", type=int, default=25, help="keep a snapshot every N epochs")
+    g.add_argument("--sync_bn", type=str, default="pytorch", help="pytorch: SyncBatchNorm on GPUs; none: off")
+    g.add_argument("--syncbn_process_group_size", type=int, default=8, help="kept for the release's scripts")
+    return parser

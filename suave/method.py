@@ -1,0 +1,171 @@
+"""Suave (Fini et al., CVPR 2023, Sec. 3.2): SwAV whose prototypes are the classes.
+
+Each step: the student scores labelled images and every unlabelled view on the (L2-normalised) prototypes;
+the assigned crops' scores (queue prepended when in use, or the momentum encoder's) go through
+Sinkhorn-Knopp to give targets; every other view predicts them; labelled rows predict their label; one
+cross-entropy weighted by row share (src.objective) trains everything. As the released ``main_suave.py``.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Any, Callable
+
+import torch
+
+from src.clustering import SwAVQueue, sinkhorn_knopp
+from src.data import LabelledBatch, UnlabelledBatch
+from src.data_setup import DataConfig, swav_multicrop_config
+from src.distributed import get_world_size
+from src.ema import frozen_copy, paired_parameters
+from src.errors import UserError
+from src.logging_utils import get_logger
+from src.method import Method, Schedules, init_from_checkpoint, resolve_num_outputs
+from src.models import SwAVNetwork, build_backbone
+from src.objective import ObjectiveInputs
+from src.optim import LARS, cosine_schedule, param_groups
+
+
+def data_config(args: argparse.Namespace) -> DataConfig:
+    """Suave's data: SwAV multi-crop for unlabelled images, the release's ImageNet normalisation."""
+    return DataConfig.from_args(args, unlab_batch_size=args.batch_size, lab_batch_size=args.lab_batch_size,
+                                workers=args.workers, multicrop=swav_multicrop_config(args),
+                                default_std=(0.228, 0.224, 0.225))
+
+
+def build_suave_network(args: argparse.Namespace, num_prototypes: int) -> SwAVNetwork:
+    backbone_kwargs: dict[str, Any] = {"small_stem": True} if args.small_stem else {}
+    backbone = build_backbone(args.arch, **backbone_kwargs)
+    return SwAVNetwork(backbone, hidden_mlp=args.hidden_mlp, feat_dim=args.feat_dim,
+                       nmb_prototypes=num_prototypes, normalize=True, multihead_eval=args.multihead_eval,
+                       ensemble_eval=args.ensemble_eval, bn_ensemble=args.bn_ensemble,
+                       detach_ensemble=args.detach_ensemble)
+
+
+class SuaveMethod(Method):
+    name = "suave"
+
+    def __init__(self, args: argparse.Namespace, num_classes: int, device: torch.device) -> None:
+        super().__init__(args, num_classes, device)
+        self.num_prototypes = resolve_num_outputs(args.nmb_prototypes, num_classes, "--nmb_prototypes",
+                                                  args.train_mode)
+        if max(args.crops_for_assign) >= sum(args.nmb_crops):
+            raise UserError(f"--crops_for_assign {args.crops_for_assign} names a crop beyond the "
+                            f"{sum(args.nmb_crops)} crops of --nmb_crops {args.nmb_crops}")
+        if args.use_momentum and max(args.crops_for_assign) >= args.nmb_crops[0]:
+            raise UserError("--use_momentum true computes targets from the first --nmb_crops group only: "
+                            f"--crops_for_assign {args.crops_for_assign} must be < {args.nmb_crops[0]}")
+        if args.require_init_ckpt and not args.swav_init_ckpt:
+            raise UserError("this recipe fine-tunes a checkpoint: pass --swav_init_ckpt PATH "
+                            "(e.g. EXP/checkpoint.pth of a Suave run, or swav_800ep_pretrain.pth.tar)")
+        self.student = build_suave_network(args, self.num_prototypes)
+        if args.swav_init_ckpt:
+            init_from_checkpoint(self.student, args.swav_init_ckpt, "--swav_init_ckpt", "teacher",
+                                 args.init_proj, args.init_prototypes)
+        self.student.to(device)
+        self.ema: SwAVNetwork | None = None
+        if args.use_momentum:  # momentum encoder: an EMA copy of the student makes the targets
+            self.ema = frozen_copy(lambda: build_suave_network(args, self.num_prototypes), self.student).to(device)
+            self.ema_pairs = paired_parameters(self.ema, self.student)
+        self.queue: SwAVQueue | None = None
+
+    # --- built once ---------------------------------------------------------------------------------
+    def build_optimizer(self) -> torch.optim.Optimizer:
+        args = self.args
+        overrides = {}
+        if args.lr_last_layer is not None:
+            overrides["prototypes."] = args.lr_last_layer / args.base_lr if args.base_lr else 0.0
+        groups = param_groups(self.student, args.wd, no_decay_bias_and_norm=False, lr_overrides=overrides)
+        return LARS(groups, lr=args.base_lr, momentum=0.9, weight_decay=args.wd, eta=0.001)
+
+    def build_schedules(self, iters_per_epoch: int) -> Schedules:
+        args = self.args
+        lr = cosine_schedule(args.base_lr, args.final_lr, args.epochs, iters_per_epoch,
+                             warmup_epochs=args.warmup_epochs, start_warmup_value=args.start_warmup)
+        momentum = (cosine_schedule(args.momentum_encoder, 1.0, args.epochs, iters_per_epoch)
+                    if args.use_momentum else None)
+        return Schedules(lr=lr, momentum=momentum)
+
+    def snapshot_freq(self) -> int:
+        return self.args.checkpoint_freq
+
+    # --- every step ---------------------------------------------------------------------------------
+    def before_step(self, epoch: int, iteration: int) -> None:
+        self.student.normalize_prototypes()
+        if self.ema is not None:
+            self.ema.normalize_prototypes()
+        args = self.args
+        if (self.queue is None and args.queue_length > 0 and epoch >= args.epoch_queue_starts
+                and args.train_mode != "supervised"):
+            world = get_world_size()
+            self.queue = SwAVQueue(len(args.crops_for_assign), args.queue_length, args.feat_dim,
+                                   args.batch_size * world, world, device=self.device)
+
+    def class_scores(self, out: Any) -> torch.Tensor:
+        return out.scores
+
+    def add_labelled_extras(self, inputs: ObjectiveInputs, out: Any, lab: LabelledBatch) -> None:
+        if out.probe_logits and lab.n_clean > 0:  # probes learn from the clean labelled rows only
+            inputs.probe_logits = [p[:lab.n_clean] for p in out.probe_logits]
+            inputs.probe_labels = lab.labels
+
+    @torch.no_grad()
+    def unlabelled_targets(self, unlab: UnlabelledBatch, out: Any, rows: slice, epoch: int) -> dict[int, torch.Tensor]:
+        """Sinkhorn-Knopp assignments of each crop of ``--crops_for_assign`` (SwAV's swapped targets)."""
+        args, b = self.args, unlab.batch_size
+        scores, embedding, network = out.scores[rows], out.embedding[rows], self.student
+        if self.ema is not None:  # the momentum encoder sees the first crop group and makes the targets
+            ema_out = self.ema(list(unlab.views[:args.nmb_crops[0]]))
+            scores, embedding, network = ema_out.scores, ema_out.embedding, self.ema
+        targets = {}
+        for i, crop_id in enumerate(args.crops_for_assign):
+            crop_scores = scores[b * crop_id:b * (crop_id + 1)].detach().float()
+            if self.queue is not None:
+                crop_scores = self.queue.scores_with_queue(i, crop_scores, network.prototypes.weight)
+                self.queue.push(i, embedding[b * crop_id:b * (crop_id + 1)].detach().float())
+            targets[crop_id] = sinkhorn_knopp(crop_scores, args.epsilon, args.sinkhorn_iterations)[-b:]
+        return targets
+
+    def after_backward(self, epoch: int, iteration: int) -> None:
+        args = self.args
+        if iteration < args.freeze_prototypes_niters:
+            for p in self.student.prototypes.parameters():
+                p.grad = None
+        if epoch < args.warmup_proj_nepochs:  # only the projection head and the prototypes learn
+            for name, p in self.student.named_parameters():
+                if not name.startswith(("projection_head.", "prototypes.")):
+                    p.grad = None
+
+    # --- evaluation and state -----------------------------------------------------------------------
+    def evaluators(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
+        net = self.student
+        if not (self.args.multihead_eval or self.args.ensemble_eval):
+            return {"main": lambda x: net([x]).scores}
+        cache: dict[str, Any] = {}
+
+        def run(x: torch.Tensor) -> Any:
+            if cache.get("input") is not x:
+                cache["input"], cache["out"] = x, net([x])
+            return cache["out"]
+
+        evaluators: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"main": lambda x: run(x).scores}
+        for idx, probe_name in enumerate(net.probe_names):
+            evaluators[probe_name] = (lambda i: (lambda x: run(x).probe_logits[i]))(idx)
+        if net.cls_ensemble is None:  # the release's ensemble: sum of the softmaxes
+            t = self.args.temperature
+            evaluators["ensemble"] = lambda x: (sum(p.softmax(-1) for p in run(x).probe_logits)
+                                                + (run(x).scores / t).softmax(-1)).log()
+        return evaluators
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"ema": self.ema.state_dict() if self.ema is not None else None,
+                "queue": self.queue.state_dict() if self.queue is not None else None}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        if state.get("queue") is not None:
+            world = get_world_size()
+            self.queue = SwAVQueue(len(self.args.crops_for_assign), self.args.queue_length, self.args.feat_dim,
+                                   self.args.batch_size * world, world, device=self.device)
+            self.queue.load_state_dict(state["queue"])
+            get_logger().info("restored the SwAV queue (%d rows per crop)", self.queue.total_length)

@@ -1,0 +1,35 @@
+main_suave.py \
+--labels_perc 1 \
+--epochs 3 \
+--base_lr 0.02 \
+--lr_last_layer 0.01 \
+--final_lr 0.0002 \
+--warmup_epochs 0 \
+--batch_size 32 \
+--lab_batch_size 16 \
+--arch resnet50 \
+--size_crops 224 \
+--nmb_crops 2 \
+--min_scale_crops 0.08 \
+--max_scale_crops 1.0 \
+--use_fp16 true \
+--freeze_prototypes_niters 0 \
+--warmup_proj_nepochs 0 \
+--queue_length 3840 \
+--epoch_queue_starts 0 \
+--use_momentum false \
+--init_proj true \
+--hidden_mlp 2048 \
+--multihead_eval true \
+--epsilon 0.05 \
+--light_augment_lab true \
+--color_jit_unlab false \
+--mixup_lab true \
+--mixup_unlab true \
+--mixup_unlab_type globals \
+--label_smoothing 0.01 \
+--ensemble_eval false \
+--detach_ensemble false \
+--bn_ensemble false \
+--require_init_ckpt true \
+--wandb true

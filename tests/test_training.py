@@ -1,0 +1,117 @@
+"""End-to-end CPU runs of main_suave.py and main_daino.py on a tiny generated ImageFolder."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+import main_daino
+import main_suave
+from src.checkpoint import read_checkpoint
+from src.cli import run_main
+from src.data.synthetic import make_synthetic_imagefolder
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+SUAVE_TINY = ["--arch", "resnet18", "--small_stem", "true", "--hidden_mlp", "32", "--feat_dim", "16",
+              "--nmb_crops", "2", "2", "--size_crops", "32", "16", "--min_scale_crops", "0.3", "0.1",
+              "--max_scale_crops", "1", "0.3", "--batch_size", "8", "--lab_batch_size", "4",
+              "--base_lr", "0.3", "--final_lr", "0.003", "--warmup_epochs", "0", "--warmup_proj_nepochs", "0",
+              "--workers", "0", "--use_fp16", "false", "--lab_crop_size", "32", "--val_resize", "32",
+              "--val_crop", "32", "--log_freq", "4", "--queue_length", "16", "--epoch_queue_starts", "0"]
+DAINO_TINY = ["--arch", "vit_tiny", "--patch_size", "8", "--global_crop_size", "32", "--local_crop_size", "16",
+              "--local_crops_number", "2", "--global_crops_scale", "0.4", "1", "--local_crops_scale", "0.1", "0.4",
+              "--batch_size_per_gpu", "8", "--lab_batch_size_per_gpu", "4", "--lr", "0.001",
+              "--warmup_epochs", "0", "--num_workers", "0", "--use_fp16", "false", "--lab_crop_size", "32",
+              "--val_resize", "32", "--val_crop", "32", "--log_freq", "4", "--warmup_teacher_temp_epochs", "1",
+              "--norm_last_layer", "false"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> tuple[str, str]:
+    root = tmp_path_factory.mktemp("tiny")
+    info = make_synthetic_imagefolder(str(root), num_classes=4, train_per_class=16, val_per_class=4, size=32,
+                                      seed=0, subset_per_class=4)
+    return str(root), str(info.subset_file)
+
+
+def common(data: tuple[str, str], out: str, epochs: int) -> list[str]:
+    return ["--data_path", data[0], "--subset_file", data[1], "--output_dir", out, "--epochs", str(epochs)]
+
+
+def run(module, argv: list[str]) -> int:
+    prog = "Suave" if module is main_suave else "Daino"
+    return run_main(module.get_args_parser, module.main, prog, argv)
+
+
+@pytest.mark.parametrize("module,tiny", [(main_suave, SUAVE_TINY), (main_daino, DAINO_TINY)], ids=["suave", "daino"])
+def test_two_epochs_write_checkpoint_stats_and_log(module, tiny, tiny_data, tmp_path):
+    out = str(tmp_path / "exp")
+    assert run(module, common(tiny_data, out, 2) + tiny) == 0
+    ckpt = read_checkpoint(os.path.join(out, "checkpoint.pth"))
+    assert ckpt["epoch"] == 2 and ckpt["iteration"] == 2 * (64 // 8)
+    stats = pd.read_csv(os.path.join(out, "stats.csv"))
+    assert list(stats["epoch"]) == [0, 1]
+    for column in ["train_loss", "train_lab_loss", "train_unlab_loss", "train_pseudo_acc1", "val_acc1", "val_acc5"]:
+        assert column in stats and stats[column].notna().all(), column
+    assert torch.isfinite(torch.tensor(stats["train_loss"].values)).all()
+    log = open(os.path.join(out, "train.log")).read()
+    assert "eta" in log and "validation:" in log and "data_s" in log
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert 0 <= results["val_acc1"] <= 100
+
+
+@pytest.mark.parametrize("module,tiny", [(main_suave, SUAVE_TINY), (main_daino, DAINO_TINY)], ids=["suave", "daino"])
+def test_resume_equals_uninterrupted(module, tiny, tiny_data, tmp_path):
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    assert run(module, common(tiny_data, straight, 2) + tiny) == 0
+    assert run(module, common(tiny_data, resumed, 2) + tiny + ["--stop_after_epochs", "1"]) == 0
+    assert read_checkpoint(os.path.join(resumed, "checkpoint.pth"))["epoch"] == 1
+    assert run(module, common(tiny_data, resumed, 2) + tiny) == 0
+    a = read_checkpoint(os.path.join(straight, "checkpoint.pth"))
+    b = read_checkpoint(os.path.join(resumed, "checkpoint.pth"))
+    for key, tensor in a["student"].items():
+        torch.testing.assert_close(b["student"][key], tensor, rtol=1e-6, atol=1e-6, msg=key)
+    stats = pd.read_csv(os.path.join(resumed, "stats.csv"))
+    assert list(stats["epoch"]) == [0, 1]
+
+
+def test_torchrun_two_processes_on_cpu(tiny_data, tmp_path):
+    for script, tiny in (("main_suave.py", SUAVE_TINY), ("main_daino.py", DAINO_TINY)):
+        out = str(tmp_path / script)
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               os.path.join(REPO, script), *common(tiny_data, out, 1), *tiny, "--max_iters_per_epoch", "2",
+               "--device", "cpu"]
+        env = dict(os.environ, OMP_NUM_THREADS="1")
+        proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        ckpt = read_checkpoint(os.path.join(out, "checkpoint.pth"))
+        assert ckpt["world_size"] == 2 and ckpt["iteration"] == 2
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--data_path", "/nonexistent/data"], "/nonexistent/data"),
+    (["--swav_init_ckpt", "/nonexistent/swav.pth"], "/nonexistent/swav.pth"),
+    (["--nmb_prototypes", "7"], "--nmb_prototypes 7"),
+    (["--arch", "resnet999"], "resnet999"),
+])
+def test_bad_input_exits_with_one_line(argv, message, tiny_data, tmp_path):
+    cmd = [sys.executable, os.path.join(REPO, "main_suave.py"), *common(tiny_data, str(tmp_path / "x"), 1),
+           *SUAVE_TINY, *argv]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error:") and message in last, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+def test_daino_out_dim_mismatch_is_an_error(tiny_data, tmp_path):
+    cmd = [sys.executable, os.path.join(REPO, "main_daino.py"), *common(tiny_data, str(tmp_path / "x"), 1),
+           *DAINO_TINY, "--out_dim", "1000"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "--out_dim 1000" in proc.stderr.strip().splitlines()[-1]
