@@ -67,6 +67,47 @@ class Precision:
         return {None: "fp32", torch.float16: "fp16 autocast + GradScaler", torch.bfloat16: "bf16 autocast"}[self.dtype]
 
 
+class TrainStep:
+    """One optimisation step of a method, exactly as training runs it (the benchmark times this too):
+    schedules -> before_step -> autocast forward + targets + loss -> finite check -> backward (scaled) ->
+    method's gradient rules -> per-parameter clipping -> optimiser step -> EMA."""
+
+    def __init__(self, method: Method, optimizer: torch.optim.Optimizer, schedules: Schedules,
+                 precision: Precision, clip_grad: float = 0.0) -> None:
+        self.method, self.optimizer, self.schedules = method, optimizer, schedules
+        self.precision, self.clip_grad = precision, clip_grad
+
+    def __call__(self, lab: Any, unlab: Any, epoch: int, iteration: int, checkpoint_hint: str = "none yet"):
+        it = min(iteration, len(self.schedules.lr) - 1)
+        wd = float(self.schedules.wd[it]) if self.schedules.wd is not None else None
+        apply_schedules(self.optimizer, float(self.schedules.lr[it]), wd)
+        self.method.before_step(epoch, iteration)
+        with self.precision.autocast():
+            out = self.method.training_step(lab, unlab, epoch, iteration)
+        loss_value = out.loss.item()
+        if not math.isfinite(loss_value):
+            raise TrainingDiverged(f"loss is {loss_value} at iteration {iteration} (epoch {epoch}); stopping "
+                                   f"without saving. Last good checkpoint: {checkpoint_hint}")
+        scaler = self.precision.scaler
+        self.optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(out.loss).backward()
+            scaler.unscale_(self.optimizer)
+        else:
+            out.loss.backward()
+        self.method.after_backward(epoch, iteration)
+        if self.clip_grad:
+            for module in self.method.clip_modules():
+                clip_per_parameter(module, self.clip_grad)
+        if scaler is not None:
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            self.optimizer.step()
+        self.method.after_optimizer_step(epoch, iteration, self.schedules)
+        return out
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -117,8 +158,11 @@ class Trainer:
         self.optimizer = self.method.build_optimizer()
         self.schedules: Schedules = self.method.build_schedules(self.data.iters_per_epoch)
         self.precision = Precision(args.use_fp16, args.use_bf16, self.device)
+        self.step = TrainStep(self.method, self.optimizer, self.schedules, self.precision,
+                              getattr(args, "clip_grad", 0.0))
         self.state = RunState()
         self.checkpoint_path = os.path.join(args.output_dir, CHECKPOINT_NAME)
+        self.last_good_checkpoint = self.checkpoint_path if os.path.isfile(self.checkpoint_path) else "none yet"
         self.stats = StatsTable(args.output_dir) if distributed.is_main_process() else None
         self._resume()
         self.wandb = WandbRun(args.wandb, args.wandb_project, args.wandb_entity, args.wandb_mode,
@@ -204,7 +248,7 @@ class Trainer:
 
     def train_one_epoch(self, epoch: int) -> tuple[dict[str, float], bool]:
         """Train one epoch (from the resumed position); returns its stats and whether it ran to the end."""
-        args, method = self.args, self.method
+        args = self.args
         meters = MetricLogger()
         total = self.data.iters_per_epoch
         start_it = self.state.iter_in_epoch
@@ -216,18 +260,7 @@ class Trainer:
             lab = lab.to(self.device) if lab is not None else None
             unlab = unlab.to(self.device) if unlab is not None else None
             data_time = watch.lap()
-            iteration = self.state.iteration
-            self._apply_schedules(iteration)
-            method.before_step(epoch, iteration)
-            with self.precision.autocast():
-                out = method.training_step(lab, unlab, epoch, iteration)
-            loss_value = out.loss.item()
-            if not math.isfinite(loss_value):
-                last = self.checkpoint_path if os.path.isfile(self.checkpoint_path) else "none yet"
-                raise TrainingDiverged(f"loss is {loss_value} at iteration {iteration} (epoch {epoch}); "
-                                       f"stopping without saving. Last good checkpoint: {last}")
-            self._backward_and_step(out.loss, epoch, iteration)
-            method.after_optimizer_step(epoch, iteration, self.schedules)
+            out = self.step(lab, unlab, epoch, self.state.iteration, self.last_good_checkpoint)
             if self.device.type == "cuda":
                 torch.cuda.synchronize()
             compute_time = watch.lap()
@@ -254,30 +287,6 @@ class Trainer:
         if finished:
             self.state.iter_in_epoch = 0
         return meters.global_averages(), finished
-
-    def _apply_schedules(self, iteration: int) -> None:
-        it = min(iteration, len(self.schedules.lr) - 1)
-        wd = float(self.schedules.wd[it]) if self.schedules.wd is not None else None
-        apply_schedules(self.optimizer, float(self.schedules.lr[it]), wd)
-
-    def _backward_and_step(self, loss: torch.Tensor, epoch: int, iteration: int) -> None:
-        scaler = self.precision.scaler
-        self.optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(loss).backward()
-            scaler.unscale_(self.optimizer)
-        else:
-            loss.backward()
-        self.method.after_backward(epoch, iteration)
-        clip = getattr(self.args, "clip_grad", 0.0)
-        if clip:
-            for module in self.method.clip_modules():
-                clip_per_parameter(module, clip)
-        if scaler is not None:
-            scaler.step(self.optimizer)
-            scaler.update()
-        else:
-            self.optimizer.step()
 
     # ------------------------------------------------------------------------------------- validation
     @torch.no_grad()
@@ -352,6 +361,7 @@ class Trainer:
             "args": plain_args(self.args),
         }
         save_checkpoint_atomic(state, self.checkpoint_path)
+        self.last_good_checkpoint = self.checkpoint_path
         distributed.barrier()
 
 

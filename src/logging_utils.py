@@ -10,6 +10,7 @@ import json
 import logging
 import math
 import os
+import secrets
 import sys
 import time
 from collections import defaultdict, deque
@@ -144,7 +145,7 @@ class WandbRun:
             import wandb
         except ImportError as exc:  # pragma: no cover - wandb is in requirements.txt
             raise RuntimeError("--wandb true needs the wandb package: pip install wandb") from exc
-        self.run_id = run_id or wandb.util.generate_id()
+        self.run_id = run_id or secrets.token_hex(4)
         self.run = wandb.init(project=project, entity=entity, mode=mode, id=self.run_id, resume="allow",
                               name=name, config=config, dir=output_dir)
 

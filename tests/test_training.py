@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -115,3 +116,54 @@ def test_daino_out_dim_mismatch_is_an_error(tiny_data, tmp_path):
            *DAINO_TINY, "--out_dim", "1000"]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "--out_dim 1000" in proc.stderr.strip().splitlines()[-1]
+
+
+def test_resume_mid_epoch_equals_uninterrupted(tiny_data, tmp_path):
+    """A run stopped after its first step (time budget) resumes inside the epoch: same weights at the end."""
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    assert run(main_suave, common(tiny_data, straight, 1) + SUAVE_TINY) == 0
+    assert run(main_suave, common(tiny_data, resumed, 1) + SUAVE_TINY + ["--time_budget_min", "1e-6"]) == 0
+    partial = read_checkpoint(os.path.join(resumed, "checkpoint.pth"))
+    assert partial["epoch"] == 0 and partial["iter_in_epoch"] == 1 and partial["iteration"] == 1
+    assert run(main_suave, common(tiny_data, resumed, 1) + SUAVE_TINY) == 0
+    a = read_checkpoint(os.path.join(straight, "checkpoint.pth"))
+    b = read_checkpoint(os.path.join(resumed, "checkpoint.pth"))
+    assert b["iteration"] == a["iteration"] == 8
+    for key, tensor in a["student"].items():
+        torch.testing.assert_close(b["student"][key], tensor, rtol=1e-6, atol=1e-6, msg=key)
+    torch.testing.assert_close(b["method"]["queue"]["queue"], a["method"]["queue"]["queue"])
+
+
+def test_nan_loss_stops_naming_iteration_and_keeps_last_checkpoint(tiny_data, tmp_path, monkeypatch, capsys):
+    import src.method
+
+    real = src.method.semisup_objective
+    calls = {"n": 0}
+
+    def nan_at_third_step(inputs):
+        loss, terms = real(inputs)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] == 3 else loss), terms
+
+    monkeypatch.setattr(src.method, "semisup_objective", nan_at_third_step)
+    out = str(tmp_path / "exp")
+    code = run(main_suave, common(tiny_data, out, 1) + SUAVE_TINY + ["--checkpoint_every_iters", "2"])
+    assert code == 3
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "iteration 2" in message and os.path.join(out, "checkpoint.pth") in message
+    ckpt = read_checkpoint(os.path.join(out, "checkpoint.pth"))
+    assert ckpt["iteration"] == 2  # the last good checkpoint, intact
+
+
+def test_wandb_offline_run_keeps_its_id_across_resume(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    out = str(tmp_path / "exp")
+    flags = common(tiny_data, out, 2) + SUAVE_TINY + ["--wandb", "true", "--wandb_mode", "offline",
+                                                      "--max_iters_per_epoch", "2"]
+    assert run(main_suave, flags + ["--stop_after_epochs", "1"]) == 0
+    first_id = read_checkpoint(os.path.join(out, "checkpoint.pth"))["wandb_id"]
+    assert first_id
+    assert run(main_suave, flags) == 0
+    assert read_checkpoint(os.path.join(out, "checkpoint.pth"))["wandb_id"] == first_id
+    assert any(first_id in p.name for p in Path(out).rglob("*") if p.is_dir())
