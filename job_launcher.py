@@ -1,0 +1,102 @@
+"""Start a Suave or Daino run: builds the experiment directory, then trains locally (one process, or torchrun
+for several GPUs) or submits to Slurm through submitit (multi-node, requeued on timeout/preemption).
+
+    python job_launcher.py --mode local --num_gpus 8 --method suave \\
+        --script_file suave/scripts/train_10perc.sh --data_dir /path/to/imagenet --name repro_suave_10perc
+    python job_launcher.py --mode slurm --partition gpu --num_nodes 2 --num_gpus 8 --method daino \\
+        --script_file daino/scripts/train_10perc.sh --data_dir /path/to/imagenet --name repro_daino_10perc
+    python job_launcher.py ... -- --epochs 5 --batch_size 16     # flags after -- replace or add recipe flags
+    python job_launcher.py --resume experiments/2024_01_01_00_00_00-repro_suave_10perc   # continue a run
+
+The experiment directory (``<base_experiment_dir>/<timestamp>-<name>`` unless --experiment_dir) receives a
+copy of the recipe, command.sh (the exact command, runnable by hand), args.json, env.json and launches.jsonl.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import NoReturn
+
+from src.launch.errors import LaunchError
+from src.launch.launcher import CODE_ROOT, execute, plan_new, plan_resume
+
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors become a LaunchError: one line, no usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        raise LaunchError(message)
+
+
+def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
+    """The launcher's flags (the release's, plus resources, --dry_run and --resume).
+
+    ``suppress_defaults`` leaves unset options out of the namespace (to see which ones were given).
+    """
+    parser = _Parser(prog="job_launcher.py", description=__doc__.split("\n\n")[0], allow_abbrev=False,
+                     usage="%(prog)s [options] [-- recipe flags to replace or add]")
+
+    def add(*names: str, default: object = None, **kwargs: object) -> None:
+        parser.add_argument(*names, default=argparse.SUPPRESS if suppress_defaults else default, **kwargs)
+
+    add("--method", default="suave", choices=["suave", "daino"], help="entry point the recipe runs (suave)")
+    add("--script_file", type=str, help="recipe (<method>/scripts/train_10perc.sh)")
+    add("--data_dir", default="/data/datasets/imagenet", type=str,
+        help="dataset root holding train/ and val/ (/data/datasets/imagenet)")
+    add("--name", type=str, help="experiment name (the method)")
+    add("--base_experiment_dir", default="./experiments", type=str, help="where experiments go (./experiments)")
+    add("--experiment_dir", type=str, help="experiment directory, relative to --base_experiment_dir "
+                                           "(<timestamp>-<name>)")
+    add("--mode", default="local", choices=["local", "slurm"], help="run here or submit to Slurm (local)")
+    add("--num_gpus", default=2, type=int, help="GPUs per node, one process each; 0: one CPU process (2)")
+    add("--num_nodes", default=1, type=int, help="nodes; more than one needs --mode slurm (1)")
+    add("--hours", default=80.0, type=float, help="Slurm time limit in hours, submitted as minutes (80)")
+    add("--master_port", type=int, help="rendezvous port (local: a free one; Slurm: 10000 + the job id's "
+                                        "last 4 digits)")
+    add("--partition", "--host", dest="partition", type=str,
+        help="Slurm partition; --host is the release's name (the cluster's default partition)")
+    add("--account", type=str, help="Slurm account")
+    add("--qos", type=str, help="Slurm quality of service")
+    add("--constraint", type=str, help="Slurm node constraint, e.g. volta32gb")
+    add("--cpus_per_task", default=10, type=int, help="Slurm CPUs per task, i.e. per GPU (10)")
+    add("--mem_gb", type=float, help="Slurm memory per node in GB (40 per GPU)")
+    add("--dry_run", default=False, action="store_true", help="write and print everything, start nothing")
+    add("--resume", type=str, metavar="EXPERIMENT_DIR",
+        help="start an existing experiment again (it resumes from its checkpoint.pth); only resources "
+             "(--hours, --partition, --account, --qos, --constraint, --cpus_per_task, --mem_gb, --master_port) "
+             "may change")
+    return parser
+
+
+def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """Launcher flags before the first ``--``, recipe overrides after it."""
+    if "--" in argv:
+        index = argv.index("--")
+        return argv[:index], argv[index + 1:]
+    return argv, []
+
+
+def main(argv: list[str] | None = None, entry_root: str | None = None) -> int:
+    """Run the launcher; returns the exit code (the training's own for local runs).
+
+    ``entry_root`` (where main_suave.py / main_daino.py live) is the checkout itself; tests point it elsewhere.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    entry_root = os.path.abspath(entry_root or CODE_ROOT)
+    own, overrides = split_overrides(argv)
+    try:
+        options = vars(build_parser().parse_args(own))
+        if options["resume"]:
+            explicit = set(vars(build_parser(suppress_defaults=True).parse_args(own)))
+            plan = plan_resume(options, explicit, overrides, entry_root, argv)
+        else:
+            plan = plan_new(options, overrides, entry_root, argv)
+        return execute(plan)
+    except LaunchError as exc:
+        print(f"job_launcher.py: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
