@@ -76,6 +76,9 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
                    help="(new) cap iterations per epoch (0: one full pass over the unlabelled data)")
     g.add_argument("--time_budget_min", type=float, default=0,
                    help="(new) stop cleanly (checkpoint + validation) after this many minutes (0: no limit)")
+    g.add_argument("--eval_every_min", type=float, default=0,
+                   help="(new) also validate every N minutes of training, into evals.csv (accuracy vs time; "
+                        "evaluation time is not counted in --time_budget_min)")
     g.add_argument("--stop_after_epochs", type=int, default=0,
                    help="(new) leave after this many epochs in this invocation (fixed-length queue slots); "
                         "the same command resumes")

@@ -170,6 +170,8 @@ class Trainer:
                               plain_args(args), args.output_dir)
         self.state.wandb_id = self.wandb.run_id
         self.started = time.perf_counter()
+        self.eval_seconds, self.timed_evals = 0.0, 0
+        self.evals = StatsTable(args.output_dir, "evals") if distributed.is_main_process() else None
 
     # ------------------------------------------------------------------------------------------ set-up
     def _wrap_student(self, student: nn.Module) -> nn.Module:
@@ -228,7 +230,8 @@ class Trainer:
                 break
         results = {"method": self.method.name, "epochs_completed": self.state.epoch,
                    "iterations": self.state.iteration, "stopped_early": stopped_early,
-                   "wall_time_s": time.perf_counter() - self.started, **val_stats}
+                   "wall_time_s": time.perf_counter() - self.started,
+                   "train_minutes": self.train_seconds() / 60, **val_stats}
         if distributed.is_main_process():
             with open(os.path.join(args.output_dir, "results.json"), "w") as handle:
                 json.dump(results, handle, indent=2)
@@ -238,13 +241,32 @@ class Trainer:
         self.wandb.finish()
         return results
 
-    def _budget_exceeded(self) -> bool:
-        budget = self.args.time_budget_min
-        if not budget:
-            return False
-        flag = torch.tensor([float(time.perf_counter() - self.started > budget * 60)])
-        distributed.all_reduce_sum(flag)  # every rank stops at the same step
-        return bool(flag.item() > 0)
+    def train_seconds(self) -> float:
+        """Wall time spent training in this invocation (mid-epoch evaluations excluded)."""
+        return time.perf_counter() - self.started - self.eval_seconds
+
+    def _clock_events(self) -> tuple[bool, bool]:
+        """(time budget reached, a timed evaluation is due), agreed by every rank."""
+        args = self.args
+        if not args.time_budget_min and not args.eval_every_min:
+            return False, False
+        elapsed = self.train_seconds()
+        budget = bool(args.time_budget_min) and elapsed > args.time_budget_min * 60
+        due = bool(args.eval_every_min) and elapsed >= (self.timed_evals + 1) * args.eval_every_min * 60
+        flags = torch.tensor([float(budget), float(due)])
+        distributed.all_reduce_sum(flags)  # every rank stops / evaluates at the same step
+        return bool(flags[0] > 0), bool(flags[1] > 0)
+
+    def _timed_evaluation(self, epoch: int) -> None:
+        """Validation every --eval_every_min minutes of training, appended to evals.csv (accuracy vs time)."""
+        start = time.perf_counter()
+        self.timed_evals += 1
+        stats = self.validate()
+        row = {"train_minutes": round(self.train_seconds() / 60, 3), "epoch": epoch,
+               "iteration": self.state.iteration, **stats}
+        if distributed.is_main_process():
+            self.evals.append(row)
+        self.eval_seconds += time.perf_counter() - start
 
     def train_one_epoch(self, epoch: int) -> tuple[dict[str, float], bool]:
         """Train one epoch (from the resumed position); returns its stats and whether it ran to the end."""
@@ -278,7 +300,10 @@ class Trainer:
             if args.checkpoint_every_iters and self.state.iteration % args.checkpoint_every_iters == 0 \
                     and it + 1 < total:
                 self.save_checkpoint()
-            if self._budget_exceeded():
+            budget_reached, eval_due = self._clock_events()
+            if eval_due:
+                self._timed_evaluation(epoch)
+            if budget_reached:
                 finished = it + 1 == total
                 break
         else:

@@ -113,9 +113,9 @@ def format_seconds(seconds: float) -> str:
 class StatsTable:
     """Per-epoch statistics in ``<output_dir>/stats.csv`` (pandas) and ``stats.jsonl``; survives resume."""
 
-    def __init__(self, output_dir: str) -> None:
-        self.csv_path = os.path.join(output_dir, "stats.csv")
-        self.jsonl_path = os.path.join(output_dir, "stats.jsonl")
+    def __init__(self, output_dir: str, name: str = "stats") -> None:
+        self.csv_path = os.path.join(output_dir, f"{name}.csv")
+        self.jsonl_path = os.path.join(output_dir, f"{name}.jsonl")
         self.frame = pd.read_csv(self.csv_path) if os.path.isfile(self.csv_path) else pd.DataFrame()
 
     def drop_from_epoch(self, epoch: int) -> None:

@@ -167,3 +167,14 @@ def test_wandb_offline_run_keeps_its_id_across_resume(tiny_data, tmp_path, monke
     assert run(main_suave, flags) == 0
     assert read_checkpoint(os.path.join(out, "checkpoint.pth"))["wandb_id"] == first_id
     assert any(first_id in p.name for p in Path(out).rglob("*") if p.is_dir())
+
+
+def test_timed_evaluations_are_written_and_excluded_from_the_budget(tiny_data, tmp_path):
+    out = str(tmp_path / "exp")
+    assert run(main_suave, common(tiny_data, out, 1) + SUAVE_TINY + ["--max_iters_per_epoch", "3",
+                                                                    "--eval_every_min", "1e-6"]) == 0
+    evals = pd.read_csv(os.path.join(out, "evals.csv"))
+    assert list(evals["iteration"]) == [1, 2, 3]
+    assert evals["train_minutes"].is_monotonic_increasing and evals["val_acc1"].between(0, 100).all()
+    results = json.load(open(os.path.join(out, "results.json")))
+    assert results["train_minutes"] * 60 < results["wall_time_s"]  # evaluation time is not training time

@@ -1,0 +1,42 @@
+"""Invariants of the code base that reviews rely on."""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PRODUCT = [p for p in REPO.rglob("*.py") if not {".venv", "tests", "data", "experiments"} & set(p.relative_to(REPO).parts)]
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_src_never_imports_the_methods():
+    offenders = {str(p.relative_to(REPO)): sorted(m for m in imported_modules(p) if m.split(".")[0] in {"suave", "daino"})
+                 for p in (REPO / "src").rglob("*.py")}
+    assert {k: v for k, v in offenders.items() if v} == {}
+
+
+def test_every_torch_load_is_weights_only_and_no_hard_coded_cuda():
+    for path in PRODUCT:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                if node.func.attr == "load" and getattr(node.func.value, "id", None) == "torch":
+                    kwargs = {k.arg: k.value for k in node.keywords}
+                    assert "weights_only" in kwargs and getattr(kwargs["weights_only"], "value", None) is True, \
+                        f"{path}:{node.lineno} torch.load without weights_only=True"
+                assert node.func.attr != "cuda" or node.args or node.keywords, f"{path}:{node.lineno} bare .cuda()"
+
+
+def test_suave_and_daino_do_not_import_each_other():
+    for method, other in (("suave", "daino"), ("daino", "suave")):
+        for path in (REPO / method).rglob("*.py"):
+            assert not any(m.split(".")[0] == other for m in imported_modules(path)), path
