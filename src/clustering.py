@@ -14,16 +14,8 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.distributed as dist
 
-from src.distributed import all_gather_cat, all_reduce_sum, get_rank, get_world_size, is_dist
-
-
-def _all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
-    """Maximum over ranks, in place (no-op in a single process)."""
-    if is_dist():
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return tensor
+from src.distributed import all_gather_cat, all_reduce_max, all_reduce_sum, get_rank, get_world_size
 
 
 @torch.no_grad()
@@ -53,7 +45,7 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, n_iters: int = 3
         raise ValueError(f"sinkhorn_knopp needs n_iters >= 0 (--sinkhorn_iterations), got {n_iters}")
     with torch.autocast(device_type=scores.device.type, enabled=False):
         logits = scores.detach().float() / epsilon
-        global_max = _all_reduce_max(logits.max())
+        global_max = all_reduce_max(logits.max())
         q = torch.exp(logits - global_max).t()  # K x B_local, as the release's notation
         n_samples = q.shape[1] * get_world_size()
         n_prototypes = q.shape[0]

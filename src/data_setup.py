@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 from src.data import (IMAGENET_MEAN, InfiniteLabelledLoader, LabelledBatch, LabelledCollate, Normalization,
                       UnlabelledBatch, UnlabelledCollate, build_datasets, build_unlabelled_loader,
                       build_val_loader, dino_multicrop, labelled_transform, swav_multicrop, val_transform)
-from src.distributed import DistInfo
+from src.distributed import DistInfo, local_world_size
 from src.errors import UserError
 from src.logging_utils import get_logger
 
@@ -102,6 +102,18 @@ class DataBundle:
             yield lab, unlab
 
 
+def capped_workers(requested: int) -> int:
+    """The recipes ask for 10 loader workers per process (a GPU node); on a small machine more workers than
+    CPU cores per process only slow the run down, so the number is capped there, with a log line."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cap = max(cores // local_world_size() - 1, 0)
+    if requested > cap:
+        get_logger().info("data loading: %d workers requested, %d CPU cores for %d process(es) here: using %d",
+                          requested, cores, local_world_size(), cap)
+        return cap
+    return requested
+
+
 def build_data(cfg: DataConfig, dist: DistInfo) -> DataBundle:
     """Datasets and loaders for ``cfg.train_mode``: semisup (both streams), supervised (labelled only, the
     baseline), selfsup (unlabelled only). An epoch is one pass over the unlabelled data either way."""
@@ -109,6 +121,7 @@ def build_data(cfg: DataConfig, dist: DistInfo) -> DataBundle:
         raise UserError(f"--data_path {cfg.data_path} does not exist: point it at a folder with train/<class>/ and "
                         "val/<class>/ (e.g. `python -m src.data.fashion_mnist --out data/fashion-mnist`)")
     norm = cfg.normalization
+    workers = capped_workers(cfg.workers)
     use_unlab, use_lab = cfg.train_mode != "supervised", cfg.train_mode != "selfsup"
     data = build_datasets(
         cfg.data_path,
@@ -122,14 +135,14 @@ def build_data(cfg: DataConfig, dist: DistInfo) -> DataBundle:
     unlab_loader = lab_loader = None
     if use_unlab:
         unlab_loader = build_unlabelled_loader(data.unlabelled, cfg.unlab_batch_size, dist.rank, dist.world_size,
-                                               cfg.seed, cfg.workers, UnlabelledCollate(mixup=cfg.mixup_unlab),
+                                               cfg.seed, workers, UnlabelledCollate(mixup=cfg.mixup_unlab),
                                                pin_memory=pin)
         iters = len(unlab_loader)
     else:
         iters = len(data.unlabelled) // (cfg.unlab_batch_size * dist.world_size)
     if use_lab:
         lab_loader = InfiniteLabelledLoader(
-            data.labelled, cfg.lab_batch_size, dist.rank, dist.world_size, cfg.seed, cfg.workers,
+            data.labelled, cfg.lab_batch_size, dist.rank, dist.world_size, cfg.seed, workers,
             LabelledCollate(num_classes=num_classes, mixup=cfg.mixup_lab, mixup_prob=cfg.mixup_lab_prob),
             pin_memory=pin)
     if cfg.max_iters_per_epoch:
@@ -137,7 +150,7 @@ def build_data(cfg: DataConfig, dist: DistInfo) -> DataBundle:
     if iters == 0:
         raise UserError(f"{len(data.unlabelled)} training images make no batch of {cfg.unlab_batch_size} per "
                         f"process on {dist.world_size} process(es): lower the unlabelled batch size")
-    val_loader = build_val_loader(data.val, cfg.val_batch_size, dist.rank, dist.world_size, cfg.workers,
+    val_loader = build_val_loader(data.val, cfg.val_batch_size, dist.rank, dist.world_size, workers,
                                   pin_memory=pin)
     get_logger().info("data: %d classes, %d unlabelled, %d labelled (%s), %d val images; %d iterations per epoch "
                       "(mode %s)", num_classes, len(data.unlabelled), len(data.labelled), data.subset_file,

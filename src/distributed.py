@@ -102,6 +102,22 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
+    """Maximum over ranks in place (no-op in a single process); returns it."""
+    if is_dist():
+        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return tensor
+
+
+def local_world_size() -> int:
+    """Processes on this machine (torchrun's LOCAL_WORLD_SIZE, Slurm's tasks per node, else 1)."""
+    for name in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):
+        value = os.environ.get(name, "")
+        if value.split("(")[0].isdigit():
+            return int(value.split("(")[0])
+    return 1
+
+
 def all_gather_cat(tensor: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """Concatenate equally-shaped tensors from every rank, in rank order, along ``dim`` (no grad)."""
     if not is_dist():
