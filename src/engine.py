@@ -222,7 +222,9 @@ class Trainer:
                 break
             self.state.epoch = epoch
             train_stats, finished = self.train_one_epoch(epoch)
+            val_start = time.perf_counter()
             val_stats = self.validate()
+            self.eval_seconds += time.perf_counter() - val_start  # not training time (--time_budget_min)
             self._end_of_epoch(epoch, train_stats, val_stats, finished)
             if not finished:
                 stopped_early = True

@@ -26,20 +26,24 @@ LOGGER_NAME = "suavedaino"
 
 def setup_logging(output_dir: str, rank: int) -> logging.Logger:
     """Log to stdout and ``<output_dir>/train.log`` on rank 0; other ranks log warnings only."""
-    logger = logging.getLogger(LOGGER_NAME)
-    logger.handlers.clear()
-    logger.propagate = False
-    logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
     fmt = logging.Formatter(f"%(asctime)s [rank {rank}] %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
-    stream = logging.StreamHandler(sys.stdout)
-    stream.setFormatter(fmt)
-    logger.addHandler(stream)
+    handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
     if rank == 0:
         os.makedirs(output_dir, exist_ok=True)
-        file_handler = logging.FileHandler(os.path.join(output_dir, "train.log"))
-        file_handler.setFormatter(fmt)
-        logger.addHandler(file_handler)
-    return logger
+        handlers.append(logging.FileHandler(os.path.join(output_dir, "train.log")))
+    for handler in handlers:
+        handler.setFormatter(fmt)
+    # The engine's logger and the library modules' (src.checkpoint, src.data, ...) share the same handlers.
+    for name in (LOGGER_NAME, "src"):
+        logger = logging.getLogger(name)
+        for old in list(logger.handlers):
+            logger.removeHandler(old)
+            old.close()
+        logger.propagate = False
+        logger.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+        for handler in handlers:
+            logger.addHandler(handler)
+    return logging.getLogger(LOGGER_NAME)
 
 
 def get_logger() -> logging.Logger:

@@ -15,7 +15,7 @@ from typing import Callable
 
 import torch.nn as nn
 
-from . import resnet, vit
+from . import resnet, small_cnn, vit
 from .heads import DINOHead, build_projection_head, normalize_hidden_mlp
 from .networks import (
     DINONetwork,
@@ -27,6 +27,7 @@ from .networks import (
 )
 
 _RESNET_KWARGS = ("small_stem", "zero_init_residual")
+_CNN_KWARGS = ("in_channels",)
 _VIT_KWARGS = ("patch_size", "drop_path_rate", "img_size", "drop_rate", "attn_drop_rate", "qk_scale")
 
 # name -> (builder, accepted keyword arguments)
@@ -40,6 +41,9 @@ _BACKBONES: dict[str, tuple[Callable[..., nn.Module], tuple[str, ...]]] = {
     "tv_resnet18": (resnet.tv_resnet18, _RESNET_KWARGS),
     "tv_resnet34": (resnet.tv_resnet34, _RESNET_KWARGS),
     "tv_resnet50": (resnet.tv_resnet50, _RESNET_KWARGS),
+    "cnn6": (small_cnn.cnn6, _CNN_KWARGS),  # small VGG-style CNNs for 28-64 px images on a CPU
+    "cnn6w2": (small_cnn.cnn6w2, _CNN_KWARGS),
+    "cnn8": (small_cnn.cnn8, _CNN_KWARGS),
     "vit_tiny": (vit.vit_tiny, _VIT_KWARGS),
     "vit_small": (vit.vit_small, _VIT_KWARGS),
     "vit_base": (vit.vit_base, _VIT_KWARGS),
