@@ -1,0 +1,251 @@
+"""Fashion-MNIST benchmark on the CPU: supervised only, Suave, Daino and SwAV-then-Suave at the same budget.
+
+    python benchmarks/fmnist_benchmark.py                        # 4 runs x 30 min of training, 1% labels
+    python benchmarks/fmnist_benchmark.py --budget_min 1 --out /tmp/fmnist_smoke   # a quick check that it works
+
+Each run is a recipe of ``suave/scripts`` / ``daino/scripts`` (the same files a user launches), run in turn with
+the same budget of training wall time (``--time_budget_min``; the periodic evaluations are not counted) and a
+test-set evaluation every ``--eval_every_min`` minutes (``evals.csv`` of the run). Before each run a short
+calibration (``--calibration_iters`` steps) measures the step time on this machine, so that the learning-rate
+schedule (cosine over ``--epochs`` x ``--max_iters_per_epoch`` steps) ends when the budget does: the recipe's
+``--epochs`` is kept (it fixes the shape of the schedule: warm-up share, queue start) and the iterations per
+epoch are sized to the budget. The two-stage run spends ``--pretrain_fraction`` of the budget on plain SwAV
+(``--train_mode selfsup``) and the rest on Suave started from that checkpoint (``--init_proj true``).
+
+Writes to ``--out``: ``results.csv`` and ``results.md`` (method, labels, test top-1 at 10/20/30 minutes and at
+the end, epochs, iterations, images/s, wall time, seed), ``accuracy_vs_time.png`` and one folder per run
+(checkpoint, train.log, stats.csv, evals.csv). "Test" is Fashion-MNIST's 10,000-image test split (the ``val``
+folder of the converted dataset). Every number measured goes in the table, including disappointing ones.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from pil_plot import line_plot  # noqa: E402
+from src.launch.script_file import flatten, group_flags, merge_flags, read_script_file  # noqa: E402
+
+TIME_POINTS_MIN = (10, 20, 30)
+RECIPES = {
+    "supervised": ["suave/scripts/fmnist_supervised_1perc.sh"],
+    "suave": ["suave/scripts/fmnist_1perc.sh"],
+    "daino": ["daino/scripts/fmnist_1perc.sh"],
+    "swav+suave": ["suave/scripts/fmnist_swav_pretrain.sh", "suave/scripts/fmnist_swav_suave_1perc.sh"],
+}
+PROGRESS = re.compile(r"\[(\d+)/(\d+)\].*?data_s ([0-9.e-]+)\s+step_s ([0-9.e-]+)\s+img_s ([0-9.e-]+)")
+
+
+@dataclass
+class Stage:
+    """One invocation of main_suave.py / main_daino.py: its folder, budget and what it reported."""
+
+    recipe: str
+    out_dir: Path
+    budget_min: float
+    step_s: float = float("nan")
+    iters_per_epoch: int = 0
+    epochs: int = 0
+    results: dict = field(default_factory=dict)
+    evals: list[dict] = field(default_factory=list)
+    img_s: float = float("nan")
+
+
+def recipe_flags(path: str, overrides: dict[str, list[str]]) -> tuple[str, list[str]]:
+    """Entry script and flat flag list of a recipe, with ``overrides`` replacing or adding flags."""
+    script = read_script_file(str(REPO / path))
+    extra = group_flags([tok for name, values in overrides.items() for tok in [name, *values]], "benchmark")
+    return script.entry, flatten(merge_flags(list(script.flags), extra))
+
+
+def flag_value(flags: list[str], name: str, default: str | None = None) -> str | None:
+    return flags[flags.index(name) + 1] if name in flags else default
+
+
+def run(entry: str, flags: list[str], log_path: Path, threads: int) -> None:
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    cmd = [sys.executable, str(REPO / entry), *flags]
+    with open(log_path, "w") as log:
+        log.write(" ".join(cmd) + "\n")
+        log.flush()
+        code = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+    if code != 0:
+        raise SystemExit(f"{entry} failed with exit code {code}; see {log_path}")
+
+
+def progress(train_log: Path) -> list[tuple[int, float, float]]:
+    """(iteration, running mean of data + step seconds, running mean of images/s) of each progress line."""
+    matches = PROGRESS.findall(train_log.read_text()) if train_log.exists() else []
+    if not matches:
+        raise SystemExit(f"no progress line in {train_log}: did the run train at all?")
+    lines = [(int(it), float(data_s) + float(step_s), float(img_s)) for it, _, data_s, step_s, img_s in matches]
+    starts = [i for i in range(len(lines)) if i == 0 or lines[i][0] <= lines[i - 1][0]]
+    return lines[starts[-1]:]  # the last epoch's lines (the meters restart every epoch)
+
+
+def steady_step_seconds(train_log: Path) -> float:
+    """Seconds per step after start-up: the running means of the first and last progress lines differenced, so
+    the first iterations (loader start, allocator warm-up) do not count."""
+    lines = progress(train_log)
+    (n0, s0, _), (n1, s1, _) = lines[0], lines[-1]
+    return (s1 * n1 - s0 * n0) / (n1 - n0) if n1 > n0 else s1
+
+
+def read_csv(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def full_epoch_iters(flags: list[str], entry: str, train_images: int = 60000) -> int:
+    batch = flag_value(flags, "--batch_size" if entry == "main_suave.py" else "--batch_size_per_gpu", "64")
+    return train_images // int(batch)
+
+
+def run_stage(stage: Stage, common: dict[str, list[str]], args: argparse.Namespace) -> None:
+    """Calibrate the step time, size the schedule to the budget, train, collect evals and results."""
+    calib_dir = stage.out_dir.with_name(stage.out_dir.name + "_calibration")
+    entry, flags = recipe_flags(stage.recipe, {**common, "--output_dir": [str(calib_dir)], "--epochs": ["1"],
+                                               "--max_iters_per_epoch": [str(args.calibration_iters)],
+                                               "--log_freq": ["5"], "--time_budget_min": ["0"],
+                                               "--eval_every_min": ["0"]})
+    shutil.rmtree(calib_dir, ignore_errors=True)  # a fresh run, not a resume
+    calib_dir.mkdir(parents=True)
+    run(entry, flags, calib_dir / "stdout.log", args.threads)
+    stage.step_s = steady_step_seconds(calib_dir / "train.log")
+    _, recipe = recipe_flags(stage.recipe, {})
+    stage.epochs = int(flag_value(recipe, "--epochs", "100"))
+    total_iters = max(int(stage.budget_min * 60 / stage.step_s), stage.epochs)
+    full = full_epoch_iters(recipe, entry)
+    if total_iters > stage.epochs * full:  # more than the recipe's epochs fit: more full epochs
+        stage.epochs = math.ceil(total_iters / full)
+    while stage.epochs > 1 and total_iters / stage.epochs < args.min_epoch_iters:  # tiny budgets: fewer epochs
+        stage.epochs -= 1  # (each epoch ends with a validation that the engine counts as training time)
+    stage.iters_per_epoch = min(full, max(1, total_iters // stage.epochs))
+    entry, flags = recipe_flags(stage.recipe, {
+        **common, "--output_dir": [str(stage.out_dir)], "--epochs": [str(stage.epochs)],
+        "--max_iters_per_epoch": [str(stage.iters_per_epoch)], "--time_budget_min": [f"{stage.budget_min:g}"],
+        "--eval_every_min": [f"{args.eval_every_min:g}"]})
+    shutil.rmtree(stage.out_dir, ignore_errors=True)
+    stage.out_dir.mkdir(parents=True)
+    print(f"  {stage.recipe}: {stage.step_s:.3f} s/step measured -> {stage.epochs} epochs x {stage.iters_per_epoch} "
+          f"iterations for {stage.budget_min:g} min", flush=True)
+    run(entry, flags, stage.out_dir / "stdout.log", args.threads)
+    stage.results = json.loads((stage.out_dir / "results.json").read_text())
+    stage.evals = read_csv(stage.out_dir / "evals.csv")
+    stage.img_s = progress(stage.out_dir / "train.log")[-1][2]
+
+
+def accuracy_at(curve: list[tuple[float, float]], minute: float, tolerance: float) -> float | None:
+    """Test top-1 of the latest evaluation made by ``minute`` (+ tolerance: evaluations fire just after the mark)."""
+    done = [acc for t, acc in curve if t <= minute + tolerance]
+    return done[-1] if done else None
+
+
+def curve_of(stages: list[Stage], classify_from: int) -> list[tuple[float, float]]:
+    """(training minutes since the start of the first stage, test top-1) of the stages from ``classify_from``
+    on (a self-supervised stage has no class prediction), ending with the final evaluation."""
+    points, offset = [], 0.0
+    for i, stage in enumerate(stages):
+        if i >= classify_from:
+            points += [(offset + float(row["train_minutes"]), float(row["val_acc1"])) for row in stage.evals
+                       if row.get("val_acc1")]
+            if "val_acc1" in stage.results:
+                points.append((offset + float(stage.results.get("train_minutes", stage.budget_min)),
+                               float(stage.results["val_acc1"])))
+        offset += float(stage.results.get("train_minutes", stage.budget_min))
+    return sorted(set(points))
+
+
+def fmt(value: float | None, digits: int = 1) -> str:
+    return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget_min", type=float, default=30, help="training minutes per method (all stages)")
+    parser.add_argument("--eval_every_min", type=float, default=2.5, help="test evaluation every N training minutes")
+    parser.add_argument("--runs", nargs="+", default=list(RECIPES), choices=list(RECIPES), help="which runs")
+    parser.add_argument("--data_path", default=str(REPO / "data" / "fashion-mnist"))
+    parser.add_argument("--labels_perc", default="1", help="1 or 10 (the lists the conversion writes)")
+    parser.add_argument("--seed", type=int, default=31)
+    parser.add_argument("--pretrain_fraction", type=float, default=0.5,
+                        help="share of the budget the two-stage run spends on plain SwAV")
+    parser.add_argument("--calibration_iters", type=int, default=30, help="steps timed before each run")
+    parser.add_argument("--min_epoch_iters", type=int, default=200,
+                        help="fewer epochs than the recipe's when the budget gives fewer steps per epoch than this")
+    parser.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS of the runs (0: torch's default)")
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "fmnist_1perc"))
+    args = parser.parse_args()
+    if not (Path(args.data_path) / "train").is_dir():
+        raise SystemExit(f"{args.data_path}/train not found: prepare the data with "
+                         f"`python -m src.data.fashion_mnist --out {args.data_path}`")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    common = {"--data_path": [args.data_path], "--labels_perc": [args.labels_perc], "--seed": [str(args.seed)]}
+    rows, curves = [], {}
+    for name in args.runs:
+        recipes = RECIPES[name]
+        print(f"{name}: {args.budget_min:g} min", flush=True)
+        started = time.perf_counter()
+        if len(recipes) == 1:
+            stages = [Stage(recipes[0], out / name, args.budget_min)]
+            run_stage(stages[0], common, args)
+        else:
+            first = args.budget_min * args.pretrain_fraction
+            stages = [Stage(recipes[0], out / f"{name}_stage1", first),
+                      Stage(recipes[1], out / f"{name}_stage2", args.budget_min - first)]
+            run_stage(stages[0], common, args)
+            run_stage(stages[1], {**common, "--swav_init_ckpt": [str(stages[0].out_dir / "checkpoint.pth")]}, args)
+        curve = curve_of(stages, classify_from=len(stages) - 1)
+        curves[name] = curve
+        last = stages[-1].results
+        row = {"method": name, "labels": f"{args.labels_perc}%",
+               **{f"top1_{t}min": fmt(accuracy_at(curve, t, 0.2 * args.eval_every_min)) for t in TIME_POINTS_MIN
+                  if t <= args.budget_min + 1e-9},
+               "top1_end": fmt(float(last["val_acc1"]) if "val_acc1" in last else None),
+               "epochs": "+".join(str(s.results.get("epochs_completed", "?")) for s in stages),
+               "iterations": "+".join(str(s.results.get("iterations", "?")) for s in stages),
+               "images_per_s": "+".join(fmt(s.img_s, 0) for s in stages),
+               "train_min": fmt(sum(float(s.results.get("train_minutes", 0)) for s in stages), 1),
+               "wall_min": fmt((time.perf_counter() - started) / 60, 1),
+               "seed": args.seed}
+        rows.append(row)
+        print("  " + "  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+        write_tables(rows, out)
+    line_plot({k: [(t, a) for t, a in v] for k, v in curves.items()}, str(out / "accuracy_vs_time.png"),
+              x_label="training wall time (min, 2 CPU cores)", y_label="test top-1 (%)",
+              title=f"Fashion-MNIST, {args.labels_perc}% labels, seed {args.seed}",
+              x_range=(0, max([args.budget_min] + [t for c in curves.values() for t, _ in c])))
+    print(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'accuracy_vs_time.png'}")
+
+
+def write_tables(rows: list[dict], out: Path) -> None:
+    keys = list(dict.fromkeys(k for row in rows for k in row))
+    with open(out / "results.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    lines += ["| " + " | ".join(str(row.get(k, "")) for k in keys) + " |" for row in rows]
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

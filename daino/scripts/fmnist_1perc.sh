@@ -1,0 +1,40 @@
+main_daino.py \
+--data_path data/fashion-mnist \
+--labels_perc 1 \
+--arch cnn6 \
+--norm_last_layer false \
+--use_bn_in_head false \
+--warmup_teacher_temp 0.04 \
+--teacher_temp 0.04 \
+--warmup_teacher_temp_epochs 0 \
+--momentum_teacher 0.99 \
+--global_crop_size 28 \
+--local_crop_size 14 \
+--global_crops_scale 0.3 1.0 \
+--local_crops_scale 0.1 0.3 \
+--local_crops_number 2 \
+--lab_crop_size 28 \
+--val_resize 0 \
+--val_crop 0 \
+--mean 0.286 0.286 0.286 \
+--std 0.353 0.353 0.353 \
+--batch_size_per_gpu 32 \
+--lab_batch_size_per_gpu 64 \
+--val_batch_size 1000 \
+--epochs 3 \
+--max_iters_per_epoch 1650 \
+--optimizer adamw \
+--lr 0.008 \
+--min_lr 1e-05 \
+--warmup_epochs 0 \
+--weight_decay 0.04 \
+--weight_decay_end 0.04 \
+--clip_grad 0 \
+--freeze_last_layer 0 \
+--label_smoothing 0.01 \
+--use_fp16 false \
+--num_workers 1 \
+--time_budget_min 30 \
+--eval_every_min 2.5 \
+--log_freq 100 \
+--saveckp_freq 0

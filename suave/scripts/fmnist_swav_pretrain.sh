@@ -1,0 +1,36 @@
+main_suave.py \
+--train_mode selfsup \
+--data_path data/fashion-mnist \
+--labels_perc 1 \
+--arch cnn6 \
+--hidden_mlp 512 \
+--feat_dim 128 \
+--nmb_crops 2 2 \
+--size_crops 28 14 \
+--min_scale_crops 0.3 0.1 \
+--max_scale_crops 1. 0.3 \
+--color_jit_unlab false \
+--lab_crop_size 28 \
+--val_resize 0 \
+--val_crop 0 \
+--mean 0.286 0.286 0.286 \
+--std 0.353 0.353 0.353 \
+--batch_size 64 \
+--val_batch_size 1000 \
+--epochs 4 \
+--max_iters_per_epoch 937 \
+--base_lr 1.5 \
+--final_lr 0.0006 \
+--warmup_epochs 0 \
+--warmup_proj_nepochs 0 \
+--freeze_prototypes_niters 0 \
+--nmb_prototypes 30 \
+--queue_length 0 \
+--epsilon 0.05 \
+--temperature 0.1 \
+--use_fp16 false \
+--workers 1 \
+--time_budget_min 15 \
+--eval_every_min 0 \
+--log_freq 100 \
+--checkpoint_freq 0
