@@ -54,6 +54,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--global_crops_scale", type=float, nargs="+", default=(0.4, 1.0), help="global crop scales")
     g.add_argument("--local_crops_number", type=int, default=8, help="number of local crops")
     g.add_argument("--local_crops_scale", type=float, nargs="+", default=(0.05, 0.4), help="local crop scales")
+    g.add_argument("--color_jit_unlab", type=bool_flag, default=True,
+                   help="(new) DINO's colour jitter, grayscale, blur and solarisation on unlabelled views "
+                        "(false: crops and flips only, e.g. for grey images)")
     g.add_argument("--global_crop_size", type=int, default=224, help="(new) global crop size")
     g.add_argument("--local_crop_size", type=int, default=96, help="(new) local crop size")
 

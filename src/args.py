@@ -36,6 +36,10 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
                    help="(new) normalisation std (default: the method release's ImageNet values)")
     g.add_argument("--lab_crop_size", type=int, default=224,
                    help="(new) size of the labelled crops (224 for ImageNet)")
+    g.add_argument("--lab_min_scale", type=float, default=0.08,
+                   help="(new) lower scale of the labelled RandomResizedCrop (0.08 as torchvision/the release)")
+    g.add_argument("--blur_radius", type=float, nargs=2, default=(0.1, 2.0),
+                   help="(new) Gaussian blur radius range of the unlabelled views (the release's 0.1 2.0 at 224 px)")
     g.add_argument("--val_resize", type=int, default=256, help="(new) validation Resize (256 for ImageNet)")
     g.add_argument("--val_crop", type=int, default=224, help="(new) validation CenterCrop (224 for ImageNet)")
     g.add_argument("--mixup_unlab", type=bool_flag, default=False, help="mixup/cutmix on unlabelled views")
@@ -70,6 +74,9 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--train_mode", type=str, default="semisup", choices=["semisup", "supervised", "selfsup"],
                    help="(new) semisup: both terms (the paper); supervised: labelled term only (baseline); "
                         "selfsup: unlabelled term only (plain SwAV/DINO pre-training)")
+    g.add_argument("--channels_last", type=bool_flag, default=False,
+                   help="(new) channels-last memory format for the networks and images (faster convolutions "
+                        "with bf16 on recent CPUs, and with fp16 on tensor-core GPUs)")
     g.add_argument("--checkpoint_every_iters", type=int, default=0,
                    help="(new) also write checkpoint.pth every N iterations (0: only at epoch ends)")
     g.add_argument("--max_iters_per_epoch", type=int, default=0,

@@ -37,6 +37,7 @@ class DataConfig:
     normalization: Normalization
     lab_kind: str
     lab_crop_size: int
+    lab_min_scale: float
     simple_crop: bool
     val_resize: int | None
     val_crop: int | None
@@ -55,7 +56,7 @@ class DataConfig:
             multicrop=multicrop, unlab_batch_size=unlab_batch_size, lab_batch_size=lab_batch_size,
             val_batch_size=args.val_batch_size or unlab_batch_size, workers=workers, seed=args.seed,
             normalization=Normalization(tuple(args.mean or IMAGENET_MEAN), tuple(args.std or default_std)),
-            lab_kind=lab_kind, lab_crop_size=args.lab_crop_size, simple_crop=args.simple_crop,
+            lab_kind=lab_kind, lab_crop_size=args.lab_crop_size, lab_min_scale=args.lab_min_scale, simple_crop=args.simple_crop,
             val_resize=args.val_resize or None, val_crop=args.val_crop or None,
             mixup_unlab=args.mixup_unlab_type if args.mixup_unlab else None,
             mixup_lab=args.mixup_lab_type if args.mixup_lab else None, mixup_lab_prob=args.mixup_lab_prob,
@@ -69,14 +70,16 @@ def swav_multicrop_config(args: argparse.Namespace) -> MultiCropFactory:
         raise UserError("--nmb_crops, --size_crops, --min_scale_crops and --max_scale_crops need one value per crop "
                         f"group; got {args.nmb_crops}, {args.size_crops}, {args.min_scale_crops}, {args.max_scale_crops}")
     return lambda norm: swav_multicrop(args.size_crops, args.nmb_crops, args.min_scale_crops, args.max_scale_crops,
-                                       color_jitter=args.color_jit_unlab, normalization=norm)
+                                       color_jitter=args.color_jit_unlab, normalization=norm,
+                                       blur_radius=tuple(args.blur_radius))
 
 
 def dino_multicrop_config(args: argparse.Namespace) -> MultiCropFactory:
     """DINO's global + local crops from Daino's flags."""
     return lambda norm: dino_multicrop(args.global_crops_scale, args.local_crops_scale, args.local_crops_number,
                                        global_size=args.global_crop_size, local_size=args.local_crop_size,
-                                       normalization=norm)
+                                       normalization=norm, blur_radius=tuple(args.blur_radius),
+                                       color_jitter=args.color_jit_unlab)
 
 
 @dataclass
@@ -127,7 +130,7 @@ def build_data(cfg: DataConfig, dist: DistInfo) -> DataBundle:
         cfg.data_path,
         unlabelled_transform=cfg.multicrop(norm) if use_unlab else None,
         labelled_transform=labelled_transform(cfg.lab_kind, size=cfg.lab_crop_size, normalization=norm,
-                                              simple_crop=cfg.simple_crop),
+                                              simple_crop=cfg.simple_crop, min_scale=cfg.lab_min_scale),
         val_transform=val_transform(cfg.val_resize, cfg.val_crop, normalization=norm),
         labels_perc=cfg.labels_perc, subset_file=cfg.subset_file)
     num_classes = len(data.class_to_idx)

@@ -57,8 +57,12 @@ class _BatchMethods:
         """Called by the DataLoader's pin-memory thread (``pin_memory=True``)."""
         return _map_tensors(self, lambda t: t.pin_memory())
 
-    def to(self, device: torch.device | str, non_blocking: bool = False):
-        return _map_tensors(self, lambda t: t.to(device, non_blocking=non_blocking))
+    def to(self, device: torch.device | str, non_blocking: bool = False, channels_last: bool = False):
+        """On ``device``; image tensors (4-D) in channels-last memory format when asked."""
+        def move(t: torch.Tensor) -> torch.Tensor:
+            t = t.to(device, non_blocking=non_blocking)
+            return t.contiguous(memory_format=torch.channels_last) if channels_last and t.ndim == 4 else t
+        return _map_tensors(self, move)
 
 
 @dataclass

@@ -101,7 +101,7 @@ def swav_multicrop(size_crops: Sequence[int], nmb_crops: Sequence[int], min_scal
 def dino_multicrop(global_crops_scale: Sequence[float] = (0.4, 1.0), local_crops_scale: Sequence[float] = (0.05, 0.4),
                    local_crops_number: int = 8, global_size: int = 224, local_size: int = 96,
                    normalization: Normalization = DINO_NORMALIZATION,
-                   blur_radius: tuple[float, float] = (0.1, 2.0)) -> MultiViewTransform:
+                   blur_radius: tuple[float, float] = (0.1, 2.0), color_jitter: bool = True) -> MultiViewTransform:
     """DINO's two asymmetric global crops + ``local_crops_number`` local crops (bicubic RandomResizedCrop).
 
     All views: flip p=0.5, colour jitter (0.4, 0.4, 0.2, 0.1) p=0.8, grayscale p=0.2. Global 1: blur p=1.0.
@@ -109,27 +109,28 @@ def dino_multicrop(global_crops_scale: Sequence[float] = (0.4, 1.0), local_crops
     Daino recipes pass 0.25-1 and 0.05-0.25.
     """
     bicubic = T.InterpolationMode.BICUBIC
-    flip_and_color_jitter = T.Compose([
-        T.RandomHorizontalFlip(p=0.5),
-        T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
-        T.RandomGrayscale(p=0.2),
-    ])
+    jitter = [T.RandomApply([T.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
+              T.RandomGrayscale(p=0.2)]
     norm = normalization.transform()
-    gscale, lscale = tuple(global_crops_scale), tuple(local_crops_scale)
-    global1 = T.Compose([T.RandomResizedCrop(global_size, scale=gscale, interpolation=bicubic),
-                         flip_and_color_jitter, RandomGaussianBlur(1.0, *blur_radius), norm])
-    global2 = T.Compose([T.RandomResizedCrop(global_size, scale=gscale, interpolation=bicubic),
-                         flip_and_color_jitter, RandomGaussianBlur(0.1, *blur_radius), RandomSolarize(0.2), norm])
-    local = T.Compose([T.RandomResizedCrop(local_size, scale=lscale, interpolation=bicubic),
-                       flip_and_color_jitter, RandomGaussianBlur(0.5, *blur_radius), norm])
+
+    def view(size: int, scale: Sequence[float], *photometric: Callable) -> T.Compose:
+        """Crop + flip, then (unless --color_jit_unlab false, e.g. for grey images) jitter and ``photometric``."""
+        ops = [T.RandomResizedCrop(size, scale=tuple(scale), interpolation=bicubic), T.RandomHorizontalFlip(p=0.5)]
+        return T.Compose(ops + (jitter + list(photometric) if color_jitter else []) + [norm])
+
+    global1 = view(global_size, global_crops_scale, RandomGaussianBlur(1.0, *blur_radius))
+    global2 = view(global_size, global_crops_scale, RandomGaussianBlur(0.1, *blur_radius), RandomSolarize(0.2))
+    local = view(local_size, local_crops_scale, RandomGaussianBlur(0.5, *blur_radius))
     return MultiViewTransform([global1, global2] + [local] * local_crops_number,
                               [global_size] * 2 + [local_size] * local_crops_number)
 
 
 def labelled_transform(kind: str = "standard", size: int = 224, normalization: Normalization = SWAV_NORMALIZATION,
-                       simple_crop: bool = False, n_rep: int = 2, augment3_jitter: float = 0.3
-                       ) -> Callable[[Image.Image], torch.Tensor | list[torch.Tensor]]:
+                       simple_crop: bool = False, n_rep: int = 2, augment3_jitter: float = 0.3,
+                       min_scale: float = 0.08) -> Callable[[Image.Image], torch.Tensor | list[torch.Tensor]]:
     """The release's labelled augmentation.
+
+    ``min_scale`` (--lab_min_scale) is the RandomResizedCrop's lower scale (torchvision's 0.08 by default).
 
     - ``standard``: RandomResizedCrop(size) (scale 0.08-1, bilinear), flip, jitter (0.4, 0.4, 0.4, 0.1)
       p=0.8, grayscale p=0.2.
@@ -140,14 +141,14 @@ def labelled_transform(kind: str = "standard", size: int = 224, normalization: N
     """
     norm = normalization.transform()
     if kind == "standard":
-        return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(),
+        return T.Compose([T.RandomResizedCrop(size, scale=(min_scale, 1.0)), T.RandomHorizontalFlip(),
                           T.RandomApply([T.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
                           T.RandomGrayscale(p=0.2), norm])
     if kind == "light":
-        return T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(),
+        return T.Compose([T.RandomResizedCrop(size, scale=(min_scale, 1.0)), T.RandomHorizontalFlip(),
                           T.RandomApply([T.ColorJitter(0.1, 0.1, 0.1, 0.1)], p=0.8), norm])
     if kind == "augment3":
-        crop = simple_resized_crop(size) if simple_crop else T.RandomResizedCrop(size)
+        crop = simple_resized_crop(size) if simple_crop else T.RandomResizedCrop(size, scale=(min_scale, 1.0))
         one_of_three = T.RandomChoice([T.RandomGrayscale(p=1.0), RandomSolarize(p=1.0), RandomGaussianBlur(p=1.0)])
         j = augment3_jitter
         return RepeatedTransform(T.Compose([crop, T.RandomHorizontalFlip(), one_of_three,
