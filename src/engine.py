@@ -152,7 +152,9 @@ class Trainer:
                          self.dist.backend or "none (single process)")
         self.data: DataBundle = build_data(data_config(args), self.dist)
         self.method = make_method(args, self.data.num_classes, self.device)
-        self.method.student.to(self.device)
+        memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+        for module in self.method.networks():
+            module.to(self.device, memory_format=memory_format)
         self.student_ddp = self._wrap_student(self.method.student)
         self.method.forward_student = self.student_ddp
         self.optimizer = self.method.build_optimizer()
@@ -209,6 +211,13 @@ class Trainer:
     # ------------------------------------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:
         args = self.args
+        results_path = os.path.join(args.output_dir, "results.json")
+        if self.state.epoch >= args.epochs and os.path.isfile(results_path):
+            self.logger.info("%s already holds all %d epochs: nothing to do (raise --epochs to train longer)",
+                             args.output_dir, args.epochs)
+            self.wandb.finish()
+            with open(results_path) as handle:
+                return json.load(handle)
         self.logger.info("training %s for %d epochs of %d iterations (%s)", self.method.name, args.epochs,
                          self.data.iters_per_epoch, self.precision.describe())
         val_stats: dict[str, float] = {}
@@ -235,7 +244,7 @@ class Trainer:
                    "wall_time_s": time.perf_counter() - self.started,
                    "train_minutes": self.train_seconds() / 60, **val_stats}
         if distributed.is_main_process():
-            with open(os.path.join(args.output_dir, "results.json"), "w") as handle:
+            with open(results_path, "w") as handle:
                 json.dump(results, handle, indent=2)
             self.logger.info("done: %s", json.dumps(results))
             self.logger.info("checkpoint: %s | log: %s | stats: %s", self.checkpoint_path,
@@ -281,8 +290,9 @@ class Trainer:
         watch = Stopwatch()
         for it in range(start_it, total):
             lab, unlab = next(batches)
-            lab = lab.to(self.device) if lab is not None else None
-            unlab = unlab.to(self.device) if unlab is not None else None
+            cl = self.args.channels_last
+            lab = lab.to(self.device, non_blocking=True, channels_last=cl) if lab is not None else None
+            unlab = unlab.to(self.device, non_blocking=True, channels_last=cl) if unlab is not None else None
             data_time = watch.lap()
             out = self.step(lab, unlab, epoch, self.state.iteration, self.last_good_checkpoint)
             if self.device.type == "cuda":
@@ -329,6 +339,8 @@ class Trainer:
         counts = {name: torch.zeros(4, dtype=torch.float64) for name in evaluators}  # top1, top5, loss, n
         for images, labels in self.data.val_loader:
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+            if self.args.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
             with self.precision.autocast():
                 for name, fn in evaluators.items():
                     logits = fn(images).float()

@@ -127,6 +127,10 @@ class Method:
         """Name -> function mapping a batch of validation images to class scores (eval mode is set by the engine)."""
         raise NotImplementedError
 
+    def networks(self) -> list[nn.Module]:
+        """Every network of the method (moved to the device / memory format by the engine)."""
+        return self.eval_modules()
+
     def eval_modules(self) -> list[nn.Module]:
         """Modules to switch to eval mode during validation."""
         return [self.student]

@@ -156,6 +156,9 @@ class SuaveMethod(Method):
                                                 + (run(x).scores / t).softmax(-1)).log()
         return evaluators
 
+    def networks(self) -> list[torch.nn.Module]:
+        return [self.student] + ([self.ema] if self.ema is not None else [])
+
     def state_dict(self) -> dict[str, Any]:
         return {"ema": self.ema.state_dict() if self.ema is not None else None,
                 "queue": self.queue.state_dict() if self.queue is not None else None}

@@ -178,3 +178,17 @@ def test_timed_evaluations_are_written_and_excluded_from_the_budget(tiny_data, t
     assert evals["train_minutes"].is_monotonic_increasing and evals["val_acc1"].between(0, 100).all()
     results = json.load(open(os.path.join(out, "results.json")))
     assert results["train_minutes"] * 60 < results["wall_time_s"]  # evaluation time is not training time
+
+
+def test_channels_last_trains_like_the_default_layout(tiny_data, tmp_path):
+    """Same losses and (up to convolution-algorithm rounding, amplified by LARS on tiny norms) same weights."""
+    weights, losses = {}, {}
+    for flag in ("false", "true"):
+        out = str(tmp_path / flag)
+        assert run(main_suave, common(tiny_data, out, 1) + SUAVE_TINY + ["--max_iters_per_epoch", "2",
+                                                                        "--channels_last", flag]) == 0
+        weights[flag] = read_checkpoint(os.path.join(out, "checkpoint.pth"))["student"]
+        losses[flag] = pd.read_csv(os.path.join(out, "stats.csv"))["train_loss"].item()
+    assert abs(losses["true"] - losses["false"]) < 1e-4
+    for key, tensor in weights["false"].items():
+        torch.testing.assert_close(weights["true"][key].contiguous(), tensor.contiguous(), rtol=1e-2, atol=2e-3, msg=key)
