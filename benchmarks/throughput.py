@@ -5,8 +5,8 @@ For each method it times, side by side in one run and alternating, on the same f
            centering), loss, backward, gradient rules, clipping, optimiser, EMA
   network  the same networks' forward (student on every crop, teacher/momentum encoder on the globals),
            backward of a trivial loss, and the optimiser step
-and prints images/s of the step and overhead = (step - network) / step: what targets, Sinkhorn, queue, EMA,
-loss and bookkeeping cost. Data loading is excluded (the engine logs data time separately).
+and prints images/s of the step and overhead = (step - network) / step (negative: below the timing noise):
+what targets, Sinkhorn, queue, EMA, loss and bookkeeping cost. Data loading is excluded (the engine logs data time separately).
 
     python benchmarks/throughput.py                       # CPU: small-image recipes
     python benchmarks/throughput.py --preset imagenet     # the released 224-px recipes (meant for a GPU)
@@ -127,7 +127,7 @@ def bench(method_name: str, preset: str, device: torch.device, steps: int, warmu
     t_step, t_net = statistics.median(step_times), statistics.median(net_times)
     return {"method": method_name, "preset": preset, "device": str(device), "precision": precision.describe(),
             "images/step": images, "step ms": 1000 * t_step, "network ms": 1000 * t_net,
-            "images/s": images / t_step, "overhead %": 100 * max(t_step - t_net, 0.0) / t_step}
+            "images/s": images / t_step, "overhead %": 100 * (t_step - t_net) / t_step}
 
 
 def print_table(rows: list[dict]) -> None:
