@@ -20,6 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
+from .init import dino_linear_init
+
 
 def normalize_hidden_mlp(hidden_mlp: int | Sequence[int] | None) -> list[int]:
     """The hidden widths of the projection MLP as a list; [] means a linear projection.
@@ -89,20 +91,13 @@ class DINOHead(nn.Module):
                 layers.append(nn.GELU())
             layers.append(nn.Linear(hidden_dim, bottleneck_dim))
             self.mlp = nn.Sequential(*layers)
-        self.apply(self._init_weights)
+        self.apply(dino_linear_init)
         self.last_layer = weight_norm(nn.Linear(bottleneck_dim, out_dim, bias=False))
         magnitude = self.last_layer.parametrizations.weight.original0
         with torch.no_grad():
             magnitude.fill_(1)
         if norm_last_layer:
             magnitude.requires_grad = False
-
-    @staticmethod
-    def _init_weights(m: nn.Module) -> None:
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.constant_(m.bias, 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.normalize(self.mlp(x), dim=-1, p=2)
