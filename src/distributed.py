@@ -47,12 +47,19 @@ def detect_ranks(local_rank_arg: int | None = None) -> tuple[int, int, int]:
     return rank, world, local
 
 
+def launched_by_launcher() -> bool:
+    """True under torchrun or a Slurm task (their rank variables are set)."""
+    return ("RANK" in os.environ and "WORLD_SIZE" in os.environ) or "SLURM_PROCID" in os.environ
+
+
 def init_distributed(local_rank_arg: int | None = None, device: str = "auto",
                      timeout_minutes: int = 30) -> DistInfo:
     """Initialise the default process group when launched with several processes.
 
     ``device``: "auto" (CUDA when available), "cpu" or "cuda". NCCL on GPU, gloo on CPU.
-    A single process without a launcher gets no process group: every collective here is a no-op.
+    A single process without a launcher gets no process group: every collective here is a no-op. A single GPU
+    process under torchrun or Slurm does join an NCCL group of one, as the DINO and SwAV releases do, so that
+    one GPU runs the same DDP and collective code as many; a single CPU process stays without one.
     """
     rank, world, local = detect_ranks(local_rank_arg)
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
@@ -63,7 +70,7 @@ def init_distributed(local_rank_arg: int | None = None, device: str = "auto",
         dev = torch.device("cuda", torch.cuda.current_device())
     else:
         dev = torch.device("cpu")
-    if world == 1:
+    if world == 1 and not (use_cuda and launched_by_launcher()):
         return DistInfo(rank, 1, local, dev, None)
     backend = "nccl" if use_cuda else "gloo"
     if not dist.is_initialized():
@@ -95,18 +102,34 @@ def barrier() -> None:
         dist.barrier()
 
 
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    """Sum ``tensor`` over ranks in place (no-op in a single process); returns it."""
+def _staging_device(tensor: torch.Tensor) -> torch.device | None:
+    """The GPU a CPU tensor must visit for a collective: NCCL reduces CUDA tensors only (a CPU tensor gives
+    "No backend type associated with device type cpu"); None when the tensor can go as it is."""
+    if tensor.device.type == "cpu" and dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return None
+
+
+def _all_reduce(tensor: torch.Tensor, op: "dist.ReduceOp") -> torch.Tensor:
     if is_dist():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        staging = _staging_device(tensor)
+        if staging is None:
+            dist.all_reduce(tensor, op=op)
+        else:  # CPU bookkeeping (meters, counts, stop flags) under NCCL
+            on_gpu = tensor.to(staging, copy=True)
+            dist.all_reduce(on_gpu, op=op)
+            tensor.copy_(on_gpu.cpu())
     return tensor
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum ``tensor`` over ranks in place (no-op in a single process; CPU tensors work under NCCL); returns it."""
+    return _all_reduce(tensor, dist.ReduceOp.SUM)
 
 
 def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
-    """Maximum over ranks in place (no-op in a single process); returns it."""
-    if is_dist():
-        dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return tensor
+    """Maximum over ranks in place (no-op in a single process; CPU tensors work under NCCL); returns it."""
+    return _all_reduce(tensor, dist.ReduceOp.MAX)
 
 
 def local_world_size() -> int:
@@ -122,9 +145,11 @@ def all_gather_cat(tensor: torch.Tensor, dim: int = 0) -> torch.Tensor:
     """Concatenate equally-shaped tensors from every rank, in rank order, along ``dim`` (no grad)."""
     if not is_dist():
         return tensor
-    parts = [torch.empty_like(tensor) for _ in range(get_world_size())]
-    dist.all_gather(parts, tensor.contiguous())
-    return torch.cat(parts, dim=dim)
+    staging = _staging_device(tensor)
+    local = tensor.contiguous() if staging is None else tensor.to(staging).contiguous()
+    parts = [torch.empty_like(local) for _ in range(get_world_size())]
+    dist.all_gather(parts, local)
+    return torch.cat(parts, dim=dim).to(tensor.device)
 
 
 def cleanup() -> None:

@@ -177,7 +177,7 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ set-up
     def _wrap_student(self, student: nn.Module) -> nn.Module:
-        if self.dist.world_size == 1:
+        if self.dist.backend is None:  # no process group: a single process
             return student
         if self.device.type == "cuda" and getattr(self.args, "sync_bn", "pytorch") != "none":
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)

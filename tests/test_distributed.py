@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from src import distributed
 from src.distributed import detect_ranks, init_distributed
 
 LAUNCH_VARS = ["RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"]
@@ -47,3 +48,37 @@ def test_cuda_requested_without_gpu_is_a_clear_error(clean_env):
         pytest.skip("a GPU is present")
     with pytest.raises(RuntimeError, match="--device cpu"):
         init_distributed(device="cuda")
+
+
+def test_a_single_cpu_process_under_torchrun_gets_no_process_group(clean_env):
+    # A GPU process under torchrun joins an NCCL group of one (as the releases do); a CPU one stays alone.
+    clean_env.setenv("RANK", "0")
+    clean_env.setenv("WORLD_SIZE", "1")
+    info = init_distributed(device="cpu")
+    assert info.backend is None and not distributed.is_dist()
+
+
+def test_cpu_tensors_are_staged_on_the_gpu_under_nccl(monkeypatch):
+    # NCCL refuses CPU tensors ("No backend type associated with device type cpu", seen on an H100 at the
+    # end of the first epoch): bookkeeping tensors (meters, validation counts, stop flags) visit the GPU.
+    monkeypatch.setattr(distributed.dist, "get_backend", lambda *a, **k: "nccl")
+    monkeypatch.setattr(distributed.torch.cuda, "current_device", lambda: 3)
+    assert distributed._staging_device(torch.zeros(2)) == torch.device("cuda", 3)
+    monkeypatch.setattr(distributed.dist, "get_backend", lambda *a, **k: "gloo")
+    assert distributed._staging_device(torch.zeros(2)) is None
+
+
+def test_a_staged_all_reduce_writes_the_result_back_in_place(monkeypatch):
+    seen = []
+
+    def fake_all_reduce(tensor, op):  # a world of two ranks holding the same values
+        seen.append(tensor)
+        tensor.mul_(2)
+
+    monkeypatch.setattr(distributed, "is_dist", lambda: True)
+    monkeypatch.setattr(distributed, "_staging_device", lambda t: torch.device("cpu"))
+    monkeypatch.setattr(distributed.dist, "all_reduce", fake_all_reduce)
+    counts = torch.tensor([3.0, 4.0], dtype=torch.float64)
+    out = distributed.all_reduce_sum(counts)
+    assert out is counts and counts.tolist() == [6.0, 8.0]
+    assert seen[0] is not counts  # the collective ran on the staged copy
