@@ -25,6 +25,7 @@ import json
 import math
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -192,13 +193,15 @@ def main() -> None:
                         help="fewer epochs than the recipe's when the budget gives fewer steps per epoch than this")
     parser.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS of the runs (0: torch's default)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "fmnist_1perc"))
+    parser.add_argument("--flags", default="", help='flags added to every run\'s recipe, e.g. "--arch cnn6w2"')
     args = parser.parse_args()
     if not (Path(args.data_path) / "train").is_dir():
         raise SystemExit(f"{args.data_path}/train not found: prepare the data with "
                          f"`python -m src.data.fashion_mnist --out {args.data_path}`")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    common = {"--data_path": [args.data_path], "--labels_perc": [args.labels_perc], "--seed": [str(args.seed)]}
+    common = {**{f.name: list(f.values) for f in group_flags(shlex.split(args.flags), "--flags")},
+              "--data_path": [args.data_path], "--labels_perc": [args.labels_perc], "--seed": [str(args.seed)]}
     rows, curves = [], {}
     for name in args.runs:
         recipes = RECIPES[name]
