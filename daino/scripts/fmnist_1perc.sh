@@ -1,7 +1,7 @@
 main_daino.py \
 --data_path data/fashion-mnist \
 --labels_perc 1 \
---arch cnn6 \
+--arch cnn6w2 \
 --norm_last_layer false \
 --use_bn_in_head false \
 --warmup_teacher_temp 0.04 \
@@ -13,13 +13,14 @@ main_daino.py \
 --global_crops_scale 0.3 1.0 \
 --local_crops_scale 0.1 0.3 \
 --local_crops_number 2 \
+--color_jit_unlab false \
 --lab_crop_size 28 \
 --val_resize 0 \
 --val_crop 0 \
 --mean 0.286 0.286 0.286 \
 --std 0.353 0.353 0.353 \
 --batch_size_per_gpu 32 \
---lab_batch_size_per_gpu 64 \
+--lab_batch_size_per_gpu 128 \
 --val_batch_size 1000 \
 --epochs 3 \
 --max_iters_per_epoch 1650 \
@@ -33,6 +34,8 @@ main_daino.py \
 --freeze_last_layer 0 \
 --label_smoothing 0.01 \
 --use_fp16 false \
+--use_bf16 true \
+--channels_last true \
 --num_workers 1 \
 --time_budget_min 30 \
 --eval_every_min 2.5 \

@@ -2,7 +2,7 @@ main_suave.py \
 --train_mode supervised \
 --data_path data/fashion-mnist \
 --labels_perc 1 \
---arch cnn6 \
+--arch cnn6w2 \
 --hidden_mlp 512 \
 --feat_dim 128 \
 --nmb_crops 2 2 \
@@ -16,7 +16,7 @@ main_suave.py \
 --mean 0.286 0.286 0.286 \
 --std 0.353 0.353 0.353 \
 --batch_size 32 \
---lab_batch_size 64 \
+--lab_batch_size 128 \
 --val_batch_size 1000 \
 --epochs 8 \
 --max_iters_per_epoch 1800 \
@@ -30,6 +30,8 @@ main_suave.py \
 --temperature 0.1 \
 --label_smoothing 0.01 \
 --use_fp16 false \
+--use_bf16 true \
+--channels_last true \
 --workers 1 \
 --time_budget_min 30 \
 --eval_every_min 2.5 \

@@ -2,7 +2,7 @@ main_suave.py \
 --train_mode selfsup \
 --data_path data/fashion-mnist \
 --labels_perc 1 \
---arch cnn6 \
+--arch cnn6w2 \
 --hidden_mlp 512 \
 --feat_dim 128 \
 --nmb_crops 2 2 \
@@ -29,6 +29,8 @@ main_suave.py \
 --epsilon 0.05 \
 --temperature 0.1 \
 --use_fp16 false \
+--use_bf16 true \
+--channels_last true \
 --workers 1 \
 --time_budget_min 15 \
 --eval_every_min 0 \

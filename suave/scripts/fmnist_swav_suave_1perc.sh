@@ -1,7 +1,7 @@
 main_suave.py \
 --data_path data/fashion-mnist \
 --labels_perc 1 \
---arch cnn6 \
+--arch cnn6w2 \
 --hidden_mlp 512 \
 --feat_dim 128 \
 --nmb_crops 2 2 \
@@ -15,7 +15,7 @@ main_suave.py \
 --mean 0.286 0.286 0.286 \
 --std 0.353 0.353 0.353 \
 --batch_size 32 \
---lab_batch_size 64 \
+--lab_batch_size 128 \
 --val_batch_size 1000 \
 --epochs 2 \
 --max_iters_per_epoch 1800 \
@@ -29,6 +29,8 @@ main_suave.py \
 --temperature 0.1 \
 --label_smoothing 0.01 \
 --use_fp16 false \
+--use_bf16 true \
+--channels_last true \
 --workers 1 \
 --time_budget_min 15 \
 --eval_every_min 2.5 \
