@@ -119,26 +119,41 @@ def full_epoch_iters(flags: list[str], entry: str, train_images: int = 60000) ->
     return train_images // int(batch)
 
 
-def run_stage(stage: Stage, common: dict[str, list[str]], args: argparse.Namespace) -> None:
-    """Calibrate the step time, size the schedule to the budget, train, collect evals and results."""
-    calib_dir = stage.out_dir.with_name(stage.out_dir.name + "_calibration")
-    entry, flags = recipe_flags(stage.recipe, {**common, "--output_dir": [str(calib_dir)], "--epochs": ["1"],
-                                               "--max_iters_per_epoch": [str(args.calibration_iters)],
-                                               "--log_freq": ["5"], "--time_budget_min": ["0"],
-                                               "--eval_every_min": ["0"]})
+def calibrate_schedule(recipe_path: str, common: dict[str, list[str]], args: argparse.Namespace, budget_min: float,
+                       calib_dir: Path) -> tuple[float, int, int]:
+    """Time ``--calibration_iters`` steps of the recipe on this machine and size its schedule to ``budget_min``:
+    (seconds per step, epochs, iterations per epoch)."""
+    entry, flags = recipe_flags(recipe_path, {**common, "--output_dir": [str(calib_dir)], "--epochs": ["1"],
+                                              "--max_iters_per_epoch": [str(args.calibration_iters)],
+                                              "--log_freq": ["5"], "--time_budget_min": ["0"],
+                                              "--eval_every_min": ["0"]})
     shutil.rmtree(calib_dir, ignore_errors=True)  # a fresh run, not a resume
     calib_dir.mkdir(parents=True)
     run(entry, flags, calib_dir / "stdout.log", args.threads)
-    stage.step_s = steady_step_seconds(calib_dir / "train.log")
-    _, recipe = recipe_flags(stage.recipe, {})
-    stage.epochs = int(flag_value(recipe, "--epochs", "100"))
-    total_iters = max(int(stage.budget_min * 60 / stage.step_s), stage.epochs)
-    full = full_epoch_iters(recipe, entry)
-    if total_iters > stage.epochs * full:  # more than the recipe's epochs fit: more full epochs
-        stage.epochs = math.ceil(total_iters / full)
-    while stage.epochs > 1 and total_iters / stage.epochs < args.min_epoch_iters:  # tiny budgets: fewer epochs
-        stage.epochs -= 1  # (each epoch ends with a validation that the engine counts as training time)
-    stage.iters_per_epoch = min(full, max(1, total_iters // stage.epochs))
+    step_s = steady_step_seconds(calib_dir / "train.log")
+    _, recipe = recipe_flags(recipe_path, {})
+    epochs, iters = size_schedule(budget_min * 60 / step_s, int(flag_value(recipe, "--epochs", "100")),
+                                  full_epoch_iters(recipe, entry), args.min_epoch_iters)
+    return step_s, epochs, iters
+
+
+def size_schedule(budget_steps: float, recipe_epochs: int, full_epoch: int, min_epoch_iters: int) -> tuple[int, int]:
+    """(epochs, iterations per epoch) whose product is the ``budget_steps`` that fit the budget: the recipe's epochs
+    (they fix the shape of the schedule: warm-up share, queue start), more full epochs when those are too few,
+    fewer when an epoch would be shorter than ``min_epoch_iters``."""
+    total_iters = max(int(budget_steps), recipe_epochs)
+    epochs = recipe_epochs
+    if total_iters > epochs * full_epoch:  # more than the recipe's epochs fit: more full epochs
+        epochs = math.ceil(total_iters / full_epoch)
+    while epochs > 1 and total_iters / epochs < min_epoch_iters:  # tiny budgets: fewer epochs
+        epochs -= 1  # (each epoch ends with a validation that the engine counts as training time)
+    return epochs, min(full_epoch, max(1, total_iters // epochs))
+
+
+def run_stage(stage: Stage, common: dict[str, list[str]], args: argparse.Namespace) -> None:
+    """Calibrate the step time, size the schedule to the budget, train, collect evals and results."""
+    stage.step_s, stage.epochs, stage.iters_per_epoch = calibrate_schedule(
+        stage.recipe, common, args, stage.budget_min, stage.out_dir.with_name(stage.out_dir.name + "_calibration"))
     entry, flags = recipe_flags(stage.recipe, {
         **common, "--output_dir": [str(stage.out_dir)], "--epochs": [str(stage.epochs)],
         "--max_iters_per_epoch": [str(stage.iters_per_epoch)], "--time_budget_min": [f"{stage.budget_min:g}"],
@@ -194,6 +209,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS of the runs (0: torch's default)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "fmnist_1perc"))
     parser.add_argument("--flags", default="", help='flags added to every run\'s recipe, e.g. "--arch cnn6w2"')
+    parser.add_argument("--schedule_only", action="store_true",
+                        help="only calibrate one single-stage run and print its budget-sized schedule flags "
+                             "(`--epochs E --max_iters_per_epoch N`; the demo launches the same schedule)")
     args = parser.parse_args()
     if not (Path(args.data_path) / "train").is_dir():
         raise SystemExit(f"{args.data_path}/train not found: prepare the data with "
@@ -202,6 +220,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     common = {**{f.name: list(f.values) for f in group_flags(shlex.split(args.flags), "--flags")},
               "--data_path": [args.data_path], "--labels_perc": [args.labels_perc], "--seed": [str(args.seed)]}
+    if args.schedule_only:
+        print_schedule(args, common, out)
+        return
     rows, curves = [], {}
     for name in args.runs:
         recipes = RECIPES[name]
@@ -237,6 +258,18 @@ def main() -> None:
               title=f"Fashion-MNIST, {args.labels_perc}% labels, seed {args.seed}",
               x_range=(0, max([args.budget_min] + [t for c in curves.values() for t, _ in c])))
     print(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'accuracy_vs_time.png'}")
+
+
+def print_schedule(args: argparse.Namespace, common: dict[str, list[str]], out: Path) -> None:
+    """The schedule flags the benchmark would give its one run, so that a launch outside the benchmark (the demo)
+    is the benchmark's run: same recipe, same budget-sized schedule."""
+    if len(args.runs) != 1 or len(RECIPES[args.runs[0]]) != 1:
+        raise SystemExit("--schedule_only sizes one single-stage run: pass one of --runs supervised / suave / daino")
+    recipe = RECIPES[args.runs[0]][0]
+    step_s, epochs, iters = calibrate_schedule(recipe, common, args, args.budget_min, out / "calibration")
+    print(f"{recipe}: {step_s:.3f} s/step measured -> {epochs} epochs x {iters} iterations for "
+          f"{args.budget_min:g} min", file=sys.stderr, flush=True)
+    print(f"--epochs {epochs} --max_iters_per_epoch {iters}")
 
 
 def write_tables(rows: list[dict], out: Path) -> None:
