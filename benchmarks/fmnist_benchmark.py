@@ -134,6 +134,8 @@ def calibrate_schedule(recipe_path: str, common: dict[str, list[str]], args: arg
     _, recipe = recipe_flags(recipe_path, {})
     epochs, iters = size_schedule(budget_min * 60 / step_s, int(flag_value(recipe, "--epochs", "100")),
                                   full_epoch_iters(recipe, entry), args.min_epoch_iters)
+    print(f"  {recipe_path}: {step_s:.3f} s/step measured -> {epochs} epochs x {iters} iterations for "
+          f"{budget_min:g} min", file=sys.stderr, flush=True)
     return step_s, epochs, iters
 
 
@@ -160,8 +162,6 @@ def run_stage(stage: Stage, common: dict[str, list[str]], args: argparse.Namespa
         "--eval_every_min": [f"{args.eval_every_min:g}"]})
     shutil.rmtree(stage.out_dir, ignore_errors=True)
     stage.out_dir.mkdir(parents=True)
-    print(f"  {stage.recipe}: {stage.step_s:.3f} s/step measured -> {stage.epochs} epochs x {stage.iters_per_epoch} "
-          f"iterations for {stage.budget_min:g} min", flush=True)
     run(entry, flags, stage.out_dir / "stdout.log", args.threads)
     stage.results = json.loads((stage.out_dir / "results.json").read_text())
     stage.evals = read_csv(stage.out_dir / "evals.csv")
@@ -210,8 +210,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "fmnist_1perc"))
     parser.add_argument("--flags", default="", help='flags added to every run\'s recipe, e.g. "--arch cnn6w2"')
     parser.add_argument("--schedule_only", action="store_true",
-                        help="only calibrate one single-stage run and print its budget-sized schedule flags "
-                             "(`--epochs E --max_iters_per_epoch N`; the demo launches the same schedule)")
+                        help="only calibrate one single-stage run and print the flags the benchmark gives it "
+                             "(`--seed S --epochs E --max_iters_per_epoch N`; the demo launches the same run)")
     args = parser.parse_args()
     if not (Path(args.data_path) / "train").is_dir():
         raise SystemExit(f"{args.data_path}/train not found: prepare the data with "
@@ -266,10 +266,8 @@ def print_schedule(args: argparse.Namespace, common: dict[str, list[str]], out: 
     if len(args.runs) != 1 or len(RECIPES[args.runs[0]]) != 1:
         raise SystemExit("--schedule_only sizes one single-stage run: pass one of --runs supervised / suave / daino")
     recipe = RECIPES[args.runs[0]][0]
-    step_s, epochs, iters = calibrate_schedule(recipe, common, args, args.budget_min, out / "calibration")
-    print(f"{recipe}: {step_s:.3f} s/step measured -> {epochs} epochs x {iters} iterations for "
-          f"{args.budget_min:g} min", file=sys.stderr, flush=True)
-    print(f"--epochs {epochs} --max_iters_per_epoch {iters}")
+    _, epochs, iters = calibrate_schedule(recipe, common, args, args.budget_min, out / "calibration")
+    print(f"--seed {args.seed} --epochs {epochs} --max_iters_per_epoch {iters}")
 
 
 def write_tables(rows: list[dict], out: Path) -> None:
