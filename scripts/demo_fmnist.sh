@@ -55,11 +55,12 @@ if os.path.isfile(table):
     rows = {row["method"]: row for row in csv.DictReader(open(table))}
     for method in ("supervised", "suave"):
         if method in rows:
-            print(f"benchmark, same budget, seed {rows[method]['seed']} ({table}): {method} "
-                  f"{float(rows[method]['top1_end']):.2f}%")
+            print(f"benchmark, {rows[method]['train_min']} min of training, seed {rows[method]['seed']} ({table}): "
+                  f"{method} {float(rows[method]['top1_end']):.2f}%")
     if "supervised" in rows:
         gain = result["val_acc1"] - float(rows["supervised"]["top1_end"])
-        print(f"this run vs the supervised baseline: {gain:+.2f} points")
+        print(f"this run ({result['train_minutes']:.1f} min) vs the supervised baseline "
+              f"({rows['supervised']['train_min']} min): {gain:+.2f} points")
 else:
     print(f"supervised baseline: {table} is missing; `python benchmarks/fmnist_benchmark.py` writes it")
 for name in ("checkpoint.pth", "train.log", "stats.csv", "evals.csv"):
