@@ -57,7 +57,6 @@ class Stage:
     recipe: str
     out_dir: Path
     budget_min: float
-    step_s: float = float("nan")
     iters_per_epoch: int = 0
     epochs: int = 0
     results: dict = field(default_factory=dict)
@@ -120,9 +119,9 @@ def full_epoch_iters(flags: list[str], entry: str, train_images: int = 60000) ->
 
 
 def calibrate_schedule(recipe_path: str, common: dict[str, list[str]], args: argparse.Namespace, budget_min: float,
-                       calib_dir: Path) -> tuple[float, int, int]:
+                       calib_dir: Path) -> tuple[int, int]:
     """Time ``--calibration_iters`` steps of the recipe on this machine and size its schedule to ``budget_min``:
-    (seconds per step, epochs, iterations per epoch)."""
+    (epochs, iterations per epoch); prints the measured step time."""
     entry, flags = recipe_flags(recipe_path, {**common, "--output_dir": [str(calib_dir)], "--epochs": ["1"],
                                               "--max_iters_per_epoch": [str(args.calibration_iters)],
                                               "--log_freq": ["5"], "--time_budget_min": ["0"],
@@ -136,7 +135,7 @@ def calibrate_schedule(recipe_path: str, common: dict[str, list[str]], args: arg
                                   full_epoch_iters(recipe, entry), args.min_epoch_iters)
     print(f"  {recipe_path}: {step_s:.3f} s/step measured -> {epochs} epochs x {iters} iterations for "
           f"{budget_min:g} min", file=sys.stderr, flush=True)
-    return step_s, epochs, iters
+    return epochs, iters
 
 
 def size_schedule(budget_steps: float, recipe_epochs: int, full_epoch: int, min_epoch_iters: int) -> tuple[int, int]:
@@ -154,7 +153,7 @@ def size_schedule(budget_steps: float, recipe_epochs: int, full_epoch: int, min_
 
 def run_stage(stage: Stage, common: dict[str, list[str]], args: argparse.Namespace) -> None:
     """Calibrate the step time, size the schedule to the budget, train, collect evals and results."""
-    stage.step_s, stage.epochs, stage.iters_per_epoch = calibrate_schedule(
+    stage.epochs, stage.iters_per_epoch = calibrate_schedule(
         stage.recipe, common, args, stage.budget_min, stage.out_dir.with_name(stage.out_dir.name + "_calibration"))
     entry, flags = recipe_flags(stage.recipe, {
         **common, "--output_dir": [str(stage.out_dir)], "--epochs": [str(stage.epochs)],
@@ -266,7 +265,7 @@ def print_schedule(args: argparse.Namespace, common: dict[str, list[str]], out: 
     if len(args.runs) != 1 or len(RECIPES[args.runs[0]]) != 1:
         raise SystemExit("--schedule_only sizes one single-stage run: pass one of --runs supervised / suave / daino")
     recipe = RECIPES[args.runs[0]][0]
-    _, epochs, iters = calibrate_schedule(recipe, common, args, args.budget_min, out / "calibration")
+    epochs, iters = calibrate_schedule(recipe, common, args, args.budget_min, out / "calibration")
     print(f"--seed {args.seed} --epochs {epochs} --max_iters_per_epoch {iters}")
 
 
