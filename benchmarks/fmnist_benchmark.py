@@ -14,8 +14,11 @@ epoch are sized to the budget. The two-stage run spends ``--pretrain_fraction`` 
 
 Writes to ``--out``: ``results.csv`` and ``results.md`` (method, labels, test top-1 at 10/20/30 minutes and at
 the end, epochs, iterations, images/s, wall time, seed), ``accuracy_vs_time.png`` and one folder per run
-(checkpoint, train.log, stats.csv, evals.csv). "Test" is Fashion-MNIST's 10,000-image test split (the ``val``
-folder of the converted dataset). Every number measured goes in the table, including disappointing ones.
+(checkpoint, train.log, stats.csv, evals.csv). With ``--reuse`` a run whose folder already holds a finished run of
+the same recipe and flags (``results.json``; only the budget-sized schedule may differ) is read back instead of
+run again, so an interrupted benchmark resumes and a table can gather runs made at different times. "Test" is
+Fashion-MNIST's 10,000-image test split (the ``val`` folder of the converted dataset). Every number measured goes
+in the table, including disappointing ones.
 """
 from __future__ import annotations
 
@@ -62,6 +65,11 @@ class Stage:
     results: dict = field(default_factory=dict)
     evals: list[dict] = field(default_factory=list)
     img_s: float = float("nan")
+    wall_s: float = float("nan")  # calibration + training
+
+
+SCHEDULE_FLAGS = ("--epochs", "--max_iters_per_epoch", "--output_dir")  # sized per machine: may differ on reuse
+STAGE_RECORD = "benchmark_stage.json"
 
 
 def recipe_flags(path: str, overrides: dict[str, list[str]]) -> tuple[str, list[str]]:
@@ -152,19 +160,50 @@ def size_schedule(budget_steps: float, recipe_epochs: int, full_epoch: int, min_
 
 
 def run_stage(stage: Stage, common: dict[str, list[str]], args: argparse.Namespace) -> None:
-    """Calibrate the step time, size the schedule to the budget, train, collect evals and results."""
-    stage.epochs, stage.iters_per_epoch = calibrate_schedule(
-        stage.recipe, common, args, stage.budget_min, stage.out_dir.with_name(stage.out_dir.name + "_calibration"))
-    entry, flags = recipe_flags(stage.recipe, {
-        **common, "--output_dir": [str(stage.out_dir)], "--epochs": [str(stage.epochs)],
-        "--max_iters_per_epoch": [str(stage.iters_per_epoch)], "--time_budget_min": [f"{stage.budget_min:g}"],
-        "--eval_every_min": [f"{args.eval_every_min:g}"]})
-    shutil.rmtree(stage.out_dir, ignore_errors=True)
-    stage.out_dir.mkdir(parents=True)
-    run(entry, flags, stage.out_dir / "stdout.log", args.threads)
-    stage.results = json.loads((stage.out_dir / "results.json").read_text())
+    """Calibrate the step time, size the schedule to the budget, train, collect evals and results (or, with
+    ``--reuse``, read back a finished run of the same recipe and flags)."""
+    budget = {"--time_budget_min": [f"{stage.budget_min:g}"], "--eval_every_min": [f"{args.eval_every_min:g}"]}
+    if args.reuse and (stage.out_dir / "results.json").exists():
+        check_reusable(stage, {**common, **budget})
+        record_file = stage.out_dir / STAGE_RECORD
+        record = json.loads(record_file.read_text()) if record_file.exists() else {}
+        stage.results = json.loads((stage.out_dir / "results.json").read_text())
+        stage.wall_s = float(record.get("wall_s", stage.results.get("wall_time_s", float("nan"))))
+        print(f"  {stage.recipe}: reusing the finished run in {stage.out_dir}", file=sys.stderr, flush=True)
+    else:
+        started = time.perf_counter()
+        stage.epochs, stage.iters_per_epoch = calibrate_schedule(
+            stage.recipe, common, args, stage.budget_min,
+            stage.out_dir.with_name(stage.out_dir.name + "_calibration"))
+        entry, flags = recipe_flags(stage.recipe, {
+            **common, **budget, "--output_dir": [str(stage.out_dir)], "--epochs": [str(stage.epochs)],
+            "--max_iters_per_epoch": [str(stage.iters_per_epoch)]})
+        shutil.rmtree(stage.out_dir, ignore_errors=True)
+        stage.out_dir.mkdir(parents=True)
+        run(entry, flags, stage.out_dir / "stdout.log", args.threads)
+        stage.results = json.loads((stage.out_dir / "results.json").read_text())
+        stage.wall_s = time.perf_counter() - started
+        (stage.out_dir / STAGE_RECORD).write_text(json.dumps({"wall_s": stage.wall_s}) + "\n")
     stage.evals = read_csv(stage.out_dir / "evals.csv")
     stage.img_s = progress(stage.out_dir / "train.log")[-1][2]
+
+
+def check_reusable(stage: Stage, overrides: dict[str, list[str]]) -> None:
+    """A finished run is reused only if its command (first line of its stdout.log) has the flags this benchmark
+    would give it now, the budget-sized schedule aside; otherwise the error names the first difference."""
+    log = stage.out_dir / "stdout.log"
+    words = log.read_text().splitlines()[0].split() if log.exists() else []
+    entry, wanted = recipe_flags(stage.recipe, overrides)
+    if len(words) < 2 or Path(words[1]).name != entry:
+        raise SystemExit(f"--reuse: {log} does not start with the {entry} command of a benchmark run; "
+                         f"delete {stage.out_dir} or drop --reuse")
+    ran = {f.name: f.values for f in group_flags(words[2:], str(log)) if f.name not in SCHEDULE_FLAGS}
+    want = {f.name: f.values for f in group_flags(wanted, stage.recipe) if f.name not in SCHEDULE_FLAGS}
+    for name in sorted(set(ran) | set(want)):
+        if ran.get(name) != want.get(name):
+            raise SystemExit(f"--reuse: {stage.out_dir} was run with {name} {' '.join(ran.get(name, ('(absent)',)))}"
+                             f" but {stage.recipe} with these --flags gives {' '.join(want.get(name, ('(absent)',)))}"
+                             f"; delete {stage.out_dir} or drop --reuse to run it again")
 
 
 def accuracy_at(curve: list[tuple[float, float]], minute: float, tolerance: float) -> float | None:
@@ -208,6 +247,9 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS of the runs (0: torch's default)")
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "fmnist_1perc"))
     parser.add_argument("--flags", default="", help='flags added to every run\'s recipe, e.g. "--arch cnn6w2"')
+    parser.add_argument("--reuse", action="store_true",
+                        help="read back runs already finished in --out with the same recipe and flags instead of "
+                             "running them again (resumes an interrupted benchmark)")
     parser.add_argument("--schedule_only", action="store_true",
                         help="only calibrate one single-stage run and print the flags the benchmark gives it "
                              "(`--seed S --epochs E --max_iters_per_epoch N`; the demo launches the same run)")
@@ -226,7 +268,6 @@ def main() -> None:
     for name in args.runs:
         recipes = RECIPES[name]
         print(f"{name}: {args.budget_min:g} min", flush=True)
-        started = time.perf_counter()
         if len(recipes) == 1:
             stages = [Stage(recipes[0], out / name, args.budget_min)]
             run_stage(stages[0], common, args)
@@ -247,7 +288,7 @@ def main() -> None:
                "iterations": "+".join(str(s.results.get("iterations", "?")) for s in stages),
                "images_per_s": "+".join(fmt(s.img_s, 0) for s in stages),
                "train_min": fmt(sum(float(s.results.get("train_minutes", 0)) for s in stages), 1),
-               "wall_min": fmt((time.perf_counter() - started) / 60, 1),
+               "wall_min": fmt(sum(s.wall_s for s in stages) / 60, 1),
                "seed": args.seed}
         rows.append(row)
         print("  " + "  ".join(f"{k}={v}" for k, v in row.items()), flush=True)

@@ -6,7 +6,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 pytest.importorskip("PIL")
-from fmnist_benchmark import size_schedule  # noqa: E402
+from fmnist_benchmark import Stage, check_reusable, recipe_flags, size_schedule  # noqa: E402
 
 
 def test_schedule_keeps_recipe_epochs_and_fills_the_budget():
@@ -24,3 +24,28 @@ def test_schedule_drops_epochs_shorter_than_the_minimum():
     epochs, iters = size_schedule(budget_steps=500, recipe_epochs=4, full_epoch=1875, min_epoch_iters=200)
     assert (epochs, iters) == (2, 250)
     assert size_schedule(budget_steps=3, recipe_epochs=4, full_epoch=1875, min_epoch_iters=200) == (1, 4)
+
+
+def _finished_run(out_dir: Path, recipe: str, overrides: dict) -> None:
+    """A run folder whose stdout.log starts with the command the benchmark would have launched."""
+    entry, flags = recipe_flags(recipe, overrides)
+    out_dir.mkdir(parents=True)
+    (out_dir / "stdout.log").write_text(" ".join(["python", f"/repo/{entry}", *flags]) + "\nlog lines\n")
+
+
+def test_reuse_accepts_a_run_that_differs_only_in_its_sized_schedule(tmp_path):
+    recipe = "suave/scripts/fmnist_1perc.sh"
+    run_overrides = {"--seed": ["31"], "--output_dir": [str(tmp_path / "suave")], "--epochs": ["4"],
+                     "--max_iters_per_epoch": ["884"]}
+    _finished_run(tmp_path / "suave", recipe, run_overrides)
+    check_reusable(Stage(recipe, tmp_path / "suave", 30), {"--seed": ["31"]})  # no error
+
+
+def test_reuse_refuses_a_run_made_with_other_flags_and_names_the_flag(tmp_path):
+    recipe = "suave/scripts/fmnist_1perc.sh"
+    _finished_run(tmp_path / "suave", recipe, {"--seed": ["31"], "--queue_length": ["0"]})
+    with pytest.raises(SystemExit, match=r"was run with --queue_length 0 but .*fmnist_1perc.sh with these --flags "
+                                         r"gives 4096.*delete .*suave or drop --reuse"):
+        check_reusable(Stage(recipe, tmp_path / "suave", 30), {"--seed": ["31"], "--queue_length": ["4096"]})
+    with pytest.raises(SystemExit, match=r"was run with --seed 31 but .* gives \(absent\)"):
+        check_reusable(Stage(recipe, tmp_path / "suave", 30), {"--queue_length": ["0"]})
