@@ -24,7 +24,10 @@ main_suave.py \
 --warmup_epochs 0 \
 --warmup_proj_nepochs 0 \
 --freeze_prototypes_niters 0 \
---queue_length 0 \
+--queue_length 1024 \
+--epoch_queue_starts 0 \
+--mixup_unlab true \
+--mixup_unlab_type globals \
 --epsilon 0.05 \
 --temperature 0.1 \
 --label_smoothing 0.01 \
