@@ -60,8 +60,6 @@ class Stage:
     recipe: str
     out_dir: Path
     budget_min: float
-    iters_per_epoch: int = 0
-    epochs: int = 0
     results: dict = field(default_factory=dict)
     evals: list[dict] = field(default_factory=list)
     img_s: float = float("nan")
@@ -89,7 +87,7 @@ def run(entry: str, flags: list[str], log_path: Path, threads: int) -> None:
         env["OMP_NUM_THREADS"] = str(threads)
     cmd = [sys.executable, str(REPO / entry), *flags]
     with open(log_path, "w") as log:
-        log.write(" ".join(cmd) + "\n")
+        log.write(shlex.join(cmd) + "\n")  # read back by check_reusable
         log.flush()
         code = subprocess.call(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
     if code != 0:
@@ -168,16 +166,15 @@ def run_stage(stage: Stage, common: dict[str, list[str]], args: argparse.Namespa
         record_file = stage.out_dir / STAGE_RECORD
         record = json.loads(record_file.read_text()) if record_file.exists() else {}
         stage.results = json.loads((stage.out_dir / "results.json").read_text())
-        stage.wall_s = float(record.get("wall_s", stage.results.get("wall_time_s", float("nan"))))
+        stage.wall_s = float(record.get("wall_s", stage.results["wall_time_s"]))  # older runs: training only
         print(f"  {stage.recipe}: reusing the finished run in {stage.out_dir}", file=sys.stderr, flush=True)
     else:
         started = time.perf_counter()
-        stage.epochs, stage.iters_per_epoch = calibrate_schedule(
-            stage.recipe, common, args, stage.budget_min,
-            stage.out_dir.with_name(stage.out_dir.name + "_calibration"))
+        epochs, iters = calibrate_schedule(stage.recipe, common, args, stage.budget_min,
+                                           stage.out_dir.with_name(stage.out_dir.name + "_calibration"))
         entry, flags = recipe_flags(stage.recipe, {
-            **common, **budget, "--output_dir": [str(stage.out_dir)], "--epochs": [str(stage.epochs)],
-            "--max_iters_per_epoch": [str(stage.iters_per_epoch)]})
+            **common, **budget, "--output_dir": [str(stage.out_dir)], "--epochs": [str(epochs)],
+            "--max_iters_per_epoch": [str(iters)]})
         shutil.rmtree(stage.out_dir, ignore_errors=True)
         stage.out_dir.mkdir(parents=True)
         run(entry, flags, stage.out_dir / "stdout.log", args.threads)
@@ -192,7 +189,7 @@ def check_reusable(stage: Stage, overrides: dict[str, list[str]]) -> None:
     """A finished run is reused only if its command (first line of its stdout.log) has the flags this benchmark
     would give it now, the budget-sized schedule aside; otherwise the error names the first difference."""
     log = stage.out_dir / "stdout.log"
-    words = log.read_text().splitlines()[0].split() if log.exists() else []
+    words = shlex.split(log.read_text().splitlines()[0]) if log.exists() else []
     entry, wanted = recipe_flags(stage.recipe, overrides)
     if len(words) < 2 or Path(words[1]).name != entry:
         raise SystemExit(f"--reuse: {log} does not start with the {entry} command of a benchmark run; "

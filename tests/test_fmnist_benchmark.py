@@ -1,4 +1,5 @@
 """The Fashion-MNIST benchmark sizes each run's schedule to the time budget (benchmarks/fmnist_benchmark.py)."""
+import shlex
 import sys
 from pathlib import Path
 
@@ -30,7 +31,7 @@ def _finished_run(out_dir: Path, recipe: str, overrides: dict) -> None:
     """A run folder whose stdout.log starts with the command the benchmark would have launched."""
     entry, flags = recipe_flags(recipe, overrides)
     out_dir.mkdir(parents=True)
-    (out_dir / "stdout.log").write_text(" ".join(["python", f"/repo/{entry}", *flags]) + "\nlog lines\n")
+    (out_dir / "stdout.log").write_text(shlex.join(["python", f"/repo/{entry}", *flags]) + "\nlog lines\n")
 
 
 def test_reuse_accepts_a_run_that_differs_only_in_its_sized_schedule(tmp_path):
