@@ -4,11 +4,13 @@
 #   2. the 224-px recipes (suave/scripts/train_1perc.sh, daino/scripts/train_1perc.sh) for STEPS iterations each,
 #      in fp16 and bf16, through job_launcher.py --num_gpus 1 (a plain process) and under torchrun with one
 #      process (an NCCL process group of one, DDP and SyncBatchNorm as on many GPUs);
-#   3. a resume of the fp16 Suave run for one more epoch (GradScaler, queue and optimiser state on the GPU).
+#   3. resume on the GPU: Suave fp16 under torchrun stopped after 2 of 3 epochs and resumed by the same command,
+#      against the same run uninterrupted; Daino fp16 stopped likewise and resumed by job_launcher.py --resume.
 # Suave fp16 and Daino bf16 go through torchrun, Suave bf16 and Daino fp16 through the launcher.
 # No pre-trained checkpoint is loaded (--swav_init_ckpt/--dino_init_ckpt are cleared): the networks start random.
 #
 #   bash scripts/gpu_check.sh [WORK_DIR]        # STEPS=200 WORKERS=12 by default
+#   ONLY_RESUME=1 SKIP_THROUGHPUT=1 bash scripts/gpu_check.sh   # step 3 alone
 # Prints one summary line per run; the logs stay in WORK_DIR (default /tmp/gpu_check).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -100,6 +102,7 @@ print(' '.join(flatten(read_script_file(sys.argv[1]).flags)))" "$recipe")
   grep -m 1 -E "process group|backend|world" "$dir/train.log" | sed 's/^/   /'
 }
 
+if [ "${ONLY_RESUME:-0}" != 1 ]; then
 run_torchrun suave_fp16 main_suave.py suave/scripts/train_1perc.sh "${COMMON_SUAVE[@]}" --epochs 2 --warmup_epochs 1 \
   --max_iters_per_epoch "$SUAVE_ITERS" --use_fp16 true
 run_launcher suave_bf16 suave suave/scripts/train_1perc.sh "${COMMON_SUAVE[@]}" --epochs 2 --warmup_epochs 1 \
@@ -108,12 +111,39 @@ run_launcher daino_fp16 daino daino/scripts/train_1perc.sh "${COMMON_DAINO[@]}" 
   --max_iters_per_epoch "$DAINO_ITERS" --use_fp16 true
 run_torchrun daino_bf16 main_daino.py daino/scripts/train_1perc.sh "${COMMON_DAINO[@]}" --epochs 4 --warmup_epochs 1 --warmup_teacher_temp_epochs 2 \
   --max_iters_per_epoch "$DAINO_ITERS" --use_fp16 false --use_bf16 true
+fi
 
-echo "== resume suave_fp16 (same output_dir) for a third epoch"
-cp "$WORK/runs/suave_fp16/train.log" "$WORK/runs/suave_fp16/train_before_resume.log" 2>/dev/null
-run_torchrun suave_fp16 main_suave.py suave/scripts/train_1perc.sh "${COMMON_SUAVE[@]}" --epochs 3 --warmup_epochs 1 \
-  --max_iters_per_epoch "$SUAVE_ITERS" --use_fp16 true
-grep -iE "resum" "$WORK/runs/suave_fp16/train.log" | tail -n 2 | sed 's/^/   /'
+if [ "${SKIP_RESUME:-0}" != 1 ]; then
+# Resume on the GPU, as after a preemption: the same command run twice, the first time leaving after 2 of its 3
+# epochs (--stop_after_epochs 2; checkpoint with GradScaler, queue, optimiser and RNG states), against the same
+# 3 epochs uninterrupted. cuDNN is not bitwise deterministic, so the last epoch's numbers agree closely, not exactly.
+epoch_row() {  # output dir, epoch: that epoch's row of stats.csv
+  $PY -c "import sys, pandas as pd; s = pd.read_csv(sys.argv[1] + '/stats.csv'); \
+r = s[s.epoch == int(sys.argv[2])].iloc[-1]; \
+keys = [k for k in ('iteration', 'train_loss', 'train_lab_loss', 'train_unlab_loss', 'train_lr', 'val_acc1', 'val_loss') if k in s]; \
+print(' '.join(f'{k}={r[k]:.5g}' for k in keys))" "$1" "$2" \
+    2>&1 | cut -c 1-400
+}
+RESUME_SUAVE=("${COMMON_SUAVE[@]}" --epochs 3 --warmup_epochs 1 --max_iters_per_epoch "$SUAVE_ITERS" --use_fp16 true)
+echo "== resume: Suave fp16 under torchrun, stopped after 2 of 3 epochs, then the same command again"
+rm -rf "$WORK/runs/suave_resume" "$WORK/runs/suave_straight"
+run_torchrun suave_resume main_suave.py suave/scripts/train_1perc.sh "${RESUME_SUAVE[@]}" --stop_after_epochs 2
+cp "$WORK/runs/suave_resume/stdout.log" "$WORK/runs/suave_resume/stdout_first.log"
+run_torchrun suave_resume main_suave.py suave/scripts/train_1perc.sh "${RESUME_SUAVE[@]}" --stop_after_epochs 2
+grep -E "resumed from" "$WORK/runs/suave_resume/train.log" | tail -n 1 | sed 's/^/   /'
+run_torchrun suave_straight main_suave.py suave/scripts/train_1perc.sh "${RESUME_SUAVE[@]}"
+echo "   last epoch, resumed:       $(epoch_row "$WORK/runs/suave_resume" 2)"
+echo "   last epoch, uninterrupted: $(epoch_row "$WORK/runs/suave_straight" 2)"
+
+echo "== resume: Daino fp16 through job_launcher.py, stopped after 2 of 3 epochs, then job_launcher.py --resume"
+rm -rf "$WORK/runs/daino_resume"
+run_launcher daino_resume daino daino/scripts/train_1perc.sh "${COMMON_DAINO[@]}" --epochs 3 --warmup_epochs 1 \
+  --warmup_teacher_temp_epochs 2 --max_iters_per_epoch "$DAINO_ITERS" --use_fp16 true --stop_after_epochs 2
+timeout 300 $PY job_launcher.py --resume "$WORK/runs/daino_resume" > "$WORK/runs/daino_resume/stdout.log" 2>&1
+summary "daino_resume (job_launcher.py --resume)" "$WORK/runs/daino_resume" $?
+grep -E "resumed from" "$WORK/runs/daino_resume/train.log" | tail -n 1 | sed 's/^/   /'
+echo "   last epoch: $(epoch_row "$WORK/runs/daino_resume" 2)"
+fi
 nvidia-smi --query-gpu=memory.used --format=csv,noheader
 if [ -n "${OUT:-}" ]; then  # the device tool's result folder: keep the logs
   for d in "$WORK"/runs/*/; do cp "$d/train.log" "$OUT/$(basename "$d")_train.log" 2>/dev/null; done
