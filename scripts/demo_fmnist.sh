@@ -53,7 +53,7 @@ print(f"\nSuave, Fashion-MNIST, 1% labels: test top-1 {result['val_acc1']:.2f}% 
 table = os.path.join("benchmarks", "results", "fmnist_1perc", "results.csv")
 if os.path.isfile(table):
     rows = {row["method"]: row for row in csv.DictReader(open(table))}
-    for method in ("supervised", "suave"):
+    for method in ("supervised",):
         if method in rows:
             print(f"benchmark, {rows[method]['train_min']} min of training, seed {rows[method]['seed']} ({table}): "
                   f"{method} {float(rows[method]['top1_end']):.2f}%")

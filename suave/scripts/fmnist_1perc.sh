@@ -6,7 +6,7 @@ main_suave.py \
 --feat_dim 128 \
 --nmb_crops 2 2 \
 --size_crops 28 14 \
---min_scale_crops 0.3 0.1 \
+--min_scale_crops 0.8 0.1 \
 --max_scale_crops 1. 0.3 \
 --color_jit_unlab false \
 --lab_crop_size 28 \
