@@ -52,15 +52,13 @@ print(f"\nSuave, Fashion-MNIST, 1% labels: test top-1 {result['val_acc1']:.2f}% 
       f"{result['train_minutes']:.1f} min of training ({result['iterations']} iterations)")
 table = os.path.join("benchmarks", "results", "fmnist_1perc", "results.csv")
 if os.path.isfile(table):
-    rows = {row["method"]: row for row in csv.DictReader(open(table))}
-    for method in ("supervised",):
-        if method in rows:
-            print(f"benchmark, {rows[method]['train_min']} min of training, seed {rows[method]['seed']} ({table}): "
-                  f"{method} {float(rows[method]['top1_end']):.2f}%")
-    if "supervised" in rows:
-        gain = result["val_acc1"] - float(rows["supervised"]["top1_end"])
+    baseline = {row["method"]: row for row in csv.DictReader(open(table))}.get("supervised")
+    if baseline:
+        print(f"benchmark, {baseline['train_min']} min of training, seed {baseline['seed']} ({table}): "
+              f"supervised {float(baseline['top1_end']):.2f}%")
+        gain = result["val_acc1"] - float(baseline["top1_end"])
         print(f"this run ({result['train_minutes']:.1f} min) vs the supervised baseline "
-              f"({rows['supervised']['train_min']} min): {gain:+.2f} points")
+              f"({baseline['train_min']} min): {gain:+.2f} points")
 else:
     print(f"supervised baseline: {table} is missing; `python benchmarks/fmnist_benchmark.py` writes it")
 for name in ("checkpoint.pth", "train.log", "stats.csv", "evals.csv"):
