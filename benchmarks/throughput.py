@@ -110,7 +110,9 @@ def bench(method_name: str, preset: str, device: torch.device, steps: int, warmu
     parser_fn, cls = (suave_parser, SuaveMethod) if method_name == "suave" else (daino_parser, DainoMethod)
     args = parse(parser_fn, spec[method_name] + (["--use_bf16", "true"] if bf16 else []))
     method = cls(args, spec["classes"], device)
-    method.student.to(device).train()
+    for network in method.networks():
+        network.to(device)
+    method.set_train_modes(first_epoch_of_run=True)
     method.forward_student = method.student
     optimizer = method.build_optimizer()
     schedules = method.build_schedules(steps + warmup + 1)

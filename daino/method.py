@@ -20,16 +20,25 @@ from src.ema import frozen_copy, paired_parameters
 from src.losses import DINOLoss
 from src.method import Method, Schedules, init_from_checkpoint, resolve_num_outputs
 from src.models import DINOHead, DINONetwork, build_backbone
-from src.optim import LARS, cosine_schedule, param_groups
+from src.optim import DINOLARS, cosine_schedule, param_groups
+from src.release_fixes import fix_on
 
 N_GLOBAL_VIEWS = 2
 
 
+DINO_STD = (0.229, 0.224, 0.225)
+SWAV_STD = (0.228, 0.224, 0.225)
+
+
 def data_config(args: argparse.Namespace) -> DataConfig:
-    """Daino's data: DINO's asymmetric global crops + local crops, DINO's normalisation."""
+    """Daino's data: DINO's asymmetric global crops + local crops. Normalisation as the release: DINO's std
+    (0.229) on the unlabelled views, the Suave release's 0.228 on labelled and validation images
+    (--dino_std_everywhere: 0.229 on all; --std: that value on all)."""
+    lab_std = DINO_STD if fix_on(args, "dino_std_everywhere") else SWAV_STD
     return DataConfig.from_args(args, unlab_batch_size=args.batch_size_per_gpu,
                                 lab_batch_size=args.lab_batch_size_per_gpu, workers=args.num_workers,
-                                multicrop=dino_multicrop_config(args), default_std=(0.229, 0.224, 0.225))
+                                multicrop=dino_multicrop_config(args), default_std=lab_std,
+                                default_unlab_std=DINO_STD)
 
 
 def build_daino_network(args: argparse.Namespace, out_dim: int, student: bool) -> DINONetwork:
@@ -75,7 +84,7 @@ class DainoMethod(Method):
             return torch.optim.AdamW(groups)
         if self.args.optimizer == "sgd":
             return torch.optim.SGD(groups, lr=0, momentum=0.9)
-        return LARS(groups, lr=0, exclude_bias_and_norm=True)
+        return DINOLARS(groups)  # the DINO release's variant
 
     def build_schedules(self, iters_per_epoch: int) -> Schedules:
         args = self.args
@@ -90,12 +99,24 @@ class DainoMethod(Method):
 
     # --- every step ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def unlabelled_targets(self, unlab: UnlabelledBatch, out: Any, rows: slice, epoch: int) -> dict[int, torch.Tensor]:
+    def unlabelled_targets(self, unlab: UnlabelledBatch, out: Any, view_rows: list[slice],
+                           epoch: int) -> dict[int, torch.Tensor]:
         """The teacher's centred, sharpened outputs on the two global views; then the center moves (DINO)."""
         teacher_out = self.teacher(list(unlab.views[:N_GLOBAL_VIEWS]))
         q = self.dino_loss.targets(teacher_out, epoch, N_GLOBAL_VIEWS)
         self.dino_loss.update_center(teacher_out)
         return dict(enumerate(q))
+
+    def set_train_modes(self, first_epoch_of_run: bool) -> None:
+        """The release validates the student before training (``eval()``) and never calls ``train()``, so its
+        student trains in eval mode (no drop path); its teacher is in train mode until the first validation.
+        --student_train_mode: both in train mode, as DINO."""
+        if fix_on(self.args, "student_train_mode"):
+            self.student.train()
+            self.teacher.train()
+        else:
+            self.student.eval()
+            self.teacher.train(first_epoch_of_run)
 
     def after_backward(self, epoch: int, iteration: int) -> None:
         if epoch < self.args.freeze_last_layer:  # DINO's cancel_gradients_last_layer
@@ -108,6 +129,9 @@ class DainoMethod(Method):
 
     def eval_modules(self) -> list[torch.nn.Module]:
         return [self.student, self.teacher]
+
+    def ema_network(self) -> torch.nn.Module | None:
+        return self.teacher
 
     def state_dict(self) -> dict[str, Any]:
         return {"teacher": self.teacher.state_dict(), "dino_loss": self.dino_loss.state_dict()}

@@ -34,7 +34,8 @@ class DataConfig:
     val_batch_size: int
     workers: int
     seed: int
-    normalization: Normalization
+    normalization: Normalization  # labelled and validation images
+    unlab_normalization: Normalization  # unlabelled views
     lab_kind: str
     lab_crop_size: int
     lab_min_scale: float
@@ -49,13 +50,16 @@ class DataConfig:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, unlab_batch_size: int, lab_batch_size: int, workers: int,
-                  multicrop: MultiCropFactory, default_std: tuple[float, float, float]) -> "DataConfig":
+                  multicrop: MultiCropFactory, default_std: tuple[float, float, float],
+                  default_unlab_std: tuple[float, float, float] | None = None) -> "DataConfig":
         lab_kind = "light" if args.light_augment_lab else "augment3" if args.augment3_lab else "standard"
         return cls(
             data_path=os.path.abspath(args.data_path), labels_perc=args.labels_perc, subset_file=args.subset_file,
             multicrop=multicrop, unlab_batch_size=unlab_batch_size, lab_batch_size=lab_batch_size,
             val_batch_size=args.val_batch_size or unlab_batch_size, workers=workers, seed=args.seed,
             normalization=Normalization(tuple(args.mean or IMAGENET_MEAN), tuple(args.std or default_std)),
+            unlab_normalization=Normalization(tuple(args.mean or IMAGENET_MEAN),
+                                              tuple(args.std or default_unlab_std or default_std)),
             lab_kind=lab_kind, lab_crop_size=args.lab_crop_size, lab_min_scale=args.lab_min_scale, simple_crop=args.simple_crop,
             val_resize=args.val_resize or None, val_crop=args.val_crop or None,
             mixup_unlab=args.mixup_unlab_type if args.mixup_unlab else None,
@@ -128,7 +132,7 @@ def build_data(cfg: DataConfig, dist: DistInfo) -> DataBundle:
     use_unlab, use_lab = cfg.train_mode != "supervised", cfg.train_mode != "selfsup"
     data = build_datasets(
         cfg.data_path,
-        unlabelled_transform=cfg.multicrop(norm) if use_unlab else None,
+        unlabelled_transform=cfg.multicrop(cfg.unlab_normalization) if use_unlab else None,
         labelled_transform=labelled_transform(cfg.lab_kind, size=cfg.lab_crop_size, normalization=norm,
                                               simple_crop=cfg.simple_crop, min_scale=cfg.lab_min_scale),
         val_transform=val_transform(cfg.val_resize, cfg.val_crop, normalization=norm),

@@ -30,6 +30,7 @@ from src.logging_utils import (MetricLogger, StatsTable, Stopwatch, WandbRun, fo
 from src.method import Method, Schedules
 from src.metrics import correct_topk
 from src.optim import apply_schedules
+from src.release_fixes import active_fixes, fix_on
 
 CHECKPOINT_NAME = "checkpoint.pth"
 
@@ -147,7 +148,8 @@ class Trainer:
         os.makedirs(args.output_dir, exist_ok=True)
         self.logger = setup_logging(args.output_dir, self.dist.rank)
         self.device = self.dist.device
-        seed_everything(args.seed + self.dist.rank)
+        # The release seeds every rank alike (--seed_per_rank: rank r seeds --seed + r).
+        seed_everything(args.seed + self.dist.rank if fix_on(args, "seed_per_rank") else args.seed)
         self.logger.info("device %s, %d process(es), backend %s", self.device, self.dist.world_size,
                          self.dist.backend or "none (single process)")
         self.data: DataBundle = build_data(data_config(args), self.dist)
@@ -157,6 +159,9 @@ class Trainer:
             module.to(self.device, memory_format=memory_format)
         self.student_ddp = self._wrap_student(self.method.student)
         self.method.forward_student = self.student_ddp
+        self.method.restart_ema_from_student()  # after DDP's broadcast, as the releases
+        fixes = active_fixes(args, self.method.name)
+        self.logger.info("arithmetic: %s", "release-exact" if not fixes else "fixes on: " + ", ".join(fixes))
         self.optimizer = self.method.build_optimizer()
         self.schedules: Schedules = self.method.build_schedules(self.data.iters_per_epoch)
         self.precision = Precision(args.use_fp16, args.use_bf16, self.device)
@@ -167,6 +172,7 @@ class Trainer:
         self.last_good_checkpoint = self.checkpoint_path if os.path.isfile(self.checkpoint_path) else "none yet"
         self.stats = StatsTable(args.output_dir) if distributed.is_main_process() else None
         self._resume()
+        self.first_epoch = self.state.epoch  # the release's debug validation: modes of this run's first epoch
         self.wandb = WandbRun(args.wandb, args.wandb_project, args.wandb_entity, args.wandb_mode,
                               self.state.wandb_id, os.path.basename(os.path.abspath(args.output_dir)),
                               plain_args(args), args.output_dir)
@@ -180,6 +186,11 @@ class Trainer:
         if self.dist.backend is None:  # no process group: a single process
             return student
         if self.device.type == "cuda" and getattr(self.args, "sync_bn", "pytorch") != "none":
+            # SyncBN in every network, as the releases (Suave's momentum encoder, Daino's teacher included);
+            # the conversion keeps the parameter objects, so EMA pairs stay valid.
+            for module in self.method.networks():
+                if module is not student:
+                    nn.SyncBatchNorm.convert_sync_batchnorm(module)
             student = nn.SyncBatchNorm.convert_sync_batchnorm(student)
             self.method.student = student
         device_ids = [self.device.index] if self.device.type == "cuda" else None
@@ -286,7 +297,7 @@ class Trainer:
         total = self.data.iters_per_epoch
         start_it = self.state.iter_in_epoch
         batches = self.data.epoch_batches(epoch, start_it)
-        self.method.student.train()
+        self.method.set_train_modes(first_epoch_of_run=epoch == self.first_epoch)
         watch = Stopwatch()
         for it in range(start_it, total):
             lab, unlab = next(batches)
@@ -341,7 +352,8 @@ class Trainer:
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             if self.args.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            with self.precision.autocast():
+            # The release validates in fp32; --amp_eval: under the training autocast.
+            with self.precision.autocast() if fix_on(self.args, "amp_eval") else contextlib.nullcontext():
                 for name, fn in evaluators.items():
                     logits = fn(images).float()
                     top1, top5 = correct_topk(logits, labels, (1, 5))

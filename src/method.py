@@ -18,7 +18,8 @@ from src.data import LabelledBatch, UnlabelledBatch
 from src.ema import ema_update_
 from src.errors import UserError
 from src.metrics import accuracy
-from src.objective import ObjectiveInputs, mixed_targets, semisup_objective
+from src.objective import ObjectiveInputs, mixed_assignments, semisup_objective
+from src.release_fixes import fix_on
 
 
 @dataclass
@@ -70,34 +71,58 @@ class Method:
     def labelled_batch_size(self) -> int:
         raise NotImplementedError
 
+    def ema_network(self) -> nn.Module | None:
+        """The EMA copy of the student (Daino's teacher, Suave's momentum encoder), if the method keeps one."""
+        return None
+
+    def restart_ema_from_student(self) -> None:
+        """Copy the student into its EMA copy. The engine calls it after DDP has broadcast rank 0's student, as
+        the releases copy the teacher after wrapping the student, so every rank's copy equals that student."""
+        ema = self.ema_network()
+        if ema is not None:
+            ema.load_state_dict(self.student.state_dict())
+
+    def set_train_modes(self, first_epoch_of_run: bool) -> None:
+        """Train/eval modes of the networks for an epoch (the release's ``model.train()``)."""
+        self.student.train()
+
     # --- every step -------------------------------------------------------------------------------
     def before_step(self, epoch: int, iteration: int) -> None:
         """Called before the forward pass (e.g. prototype normalisation)."""
 
     def training_step(self, lab: LabelledBatch | None, unlab: UnlabelledBatch | None,
                       epoch: int, iteration: int) -> StepOutput:
-        """One forward of the student on [labelled, unlabelled views, mixed views], the method's targets for
-        the unlabelled views, and the single row-share weighted cross-entropy (src.objective)."""
+        """One forward of the student on [labelled, unlabelled views with the mixed views placed as the release
+        places them], the method's targets for the unlabelled views, and the single weighted cross-entropy
+        (src.objective)."""
+        args = self.args
         crops = ([lab.images] if lab is not None else [])
+        n_lab = lab.images.size(0) if lab is not None else 0
+        view_rows: list[slice] = []
+        mixed_rows: list[slice] = []
         if unlab is not None:
-            crops += list(unlab.views) + list(unlab.mixed_views)
+            ordered, clean_pos, mixed_pos = arrange_views(unlab, fix_on(args, "mix_own_bn_batch"))
+            crops += ordered
+            b = unlab.batch_size
+            view_rows = [slice(n_lab + b * p, n_lab + b * (p + 1)) for p in clean_pos]
+            mixed_rows = [slice(n_lab + b * p, n_lab + b * (p + 1)) for p in mixed_pos]
         out = self.forward_student(crops)
         scores = self.class_scores(out)
-        n_lab = lab.images.size(0) if lab is not None else 0
-        inputs = ObjectiveInputs(temperature=self.args.temperature, label_smoothing=self.args.label_smoothing)
+        inputs = ObjectiveInputs(temperature=args.temperature, label_smoothing=args.label_smoothing,
+                                 mixed_weight_rows=fix_on(args, "mix_weight_rows"))
         logs: dict[str, Any] = {}
         if lab is not None:
             inputs.lab_scores, inputs.lab_targets = scores[:n_lab], lab.targets
             logs["lab_acc1"] = accuracy(scores[:n_lab], lab.targets, (1,))[0]
             self.add_labelled_extras(inputs, out, lab)
         if unlab is not None:
-            b, n_views = unlab.batch_size, len(unlab.views)
-            targets = self.unlabelled_targets(unlab, out, slice(n_lab, n_lab + b * n_views), epoch)
-            inputs.unlab_scores = list(scores[n_lab:n_lab + b * n_views].split(b))
+            targets = self.unlabelled_targets(unlab, out, view_rows, epoch)
+            inputs.unlab_scores = [scores[rows] for rows in view_rows]
             inputs.unlab_targets = targets
             if unlab.mixed_views:
-                inputs.mixed_scores = list(scores[n_lab + b * n_views:].split(b))
-                inputs.mixed_targets = mixed_targets(list(targets.values()), unlab.mix_lams, unlab.mix_target_pairs)
+                inputs.mixed_scores = [scores[rows] for rows in mixed_rows]
+                inputs.mixed_targets = mixed_assignments(list(targets.values()), unlab.mix_lams,
+                                                         unlab.mix_target_pairs)
             logs["pseudo_acc1"] = sum(accuracy(q, unlab.labels, (1,))[0] for q in targets.values()) / len(targets)
         loss, terms = semisup_objective(inputs)
         logs.update({k: v.detach() for k, v in terms.items()})
@@ -107,8 +132,9 @@ class Method:
         """The (N, K) class scores in the student's output."""
         return out
 
-    def unlabelled_targets(self, unlab: UnlabelledBatch, out: Any, rows: slice, epoch: int) -> dict[int, torch.Tensor]:
-        """View index -> (B, K) target distribution; ``rows`` selects the unlabelled views in ``out``."""
+    def unlabelled_targets(self, unlab: UnlabelledBatch, out: Any, view_rows: list[slice],
+                           epoch: int) -> dict[int, torch.Tensor]:
+        """View index -> (B, K) target distribution; ``view_rows[v]`` selects clean view v's rows in ``out``."""
         raise NotImplementedError
 
     def add_labelled_extras(self, inputs: ObjectiveInputs, out: Any, lab: LabelledBatch) -> None:
@@ -144,6 +170,30 @@ class Method:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+def arrange_views(unlab: UnlabelledBatch, mixed_last: bool) -> tuple[list[torch.Tensor], list[int], list[int]]:
+    """The unlabelled crops in forward order, and the position (in blocks of B rows) of each clean view and of
+    each mixed view.
+
+    Release order (the release's ``MultiViewCollateMixup`` inserts each mixed view right after the pair it
+    mixes): ``[v0, v1, mix01, v2, ...]``, so the backbone normalises the mixed global view in one BatchNorm
+    batch with the clean global views (and the labelled images before them). ``mixed_last`` (--mix_own_bn_batch):
+    ``[v0, v1, v2, ..., mix01]``, the mixed views in a batch of their own.
+    """
+    views, mixed = list(unlab.views), list(unlab.mixed_views)
+    if mixed_last or not mixed:
+        return views + mixed, list(range(len(views))), list(range(len(views), len(views) + len(mixed)))
+    ordered: list[torch.Tensor] = []
+    clean_pos, mixed_pos = [], [0] * len(mixed)
+    for i, view in enumerate(views):
+        clean_pos.append(len(ordered))
+        ordered.append(view)
+        for j, pair in enumerate(unlab.mix_pairs):
+            if max(pair) == i:
+                mixed_pos[j] = len(ordered)
+                ordered.append(mixed[j])
+    return ordered, clean_pos, mixed_pos
 
 
 def resolve_num_outputs(requested: int | None, num_classes: int, flag: str, train_mode: str) -> int:

@@ -2,7 +2,7 @@
 
 Fini et al. (2023), Eq. 3-5: labelled rows predict their (smoothed, or mixed) label, unlabelled views predict
 the clustering assignment of another view, mixed unlabelled views predict the mixed assignments; each term is
-weighted by its share of the rows in the step. Suave and Daino differ only in how the targets are made, so the
+weighted by its share of the step, counted as the release counts it. Suave and Daino differ only in how the targets are made, so the
 whole loss lives here, once.
 """
 from __future__ import annotations
@@ -28,8 +28,9 @@ class ObjectiveInputs:
     unlab_targets: dict[int, torch.Tensor] = field(default_factory=dict)  # view index -> (B, K) assignment
     mixed_scores: list[torch.Tensor] = field(default_factory=list)   # one (B, K) per mixed view
     mixed_targets: list[torch.Tensor] = field(default_factory=list)  # lam * q_a + (1 - lam) * q_b.flip(0)
-    probe_logits: list[torch.Tensor] = field(default_factory=list)   # online probes, clean labelled rows
-    probe_labels: torch.Tensor | None = None
+    mixed_weight_rows: bool = False  # --mix_weight_rows: weigh the mixed term by its rows, not its views
+    probe_logits: list[torch.Tensor] = field(default_factory=list)   # online probes, on the probes' rows
+    probe_targets: torch.Tensor | None = None       # (P,) long or (P, K) soft targets of those rows
 
 
 def labelled_targets(targets: torch.Tensor, num_classes: int, smoothing: float) -> torch.Tensor:
@@ -40,12 +41,13 @@ def labelled_targets(targets: torch.Tensor, num_classes: int, smoothing: float) 
 
 
 def semisup_objective(inp: ObjectiveInputs) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Total loss and its named terms.
+    """Total loss and its named terms, weighted as the release's "total loss" block.
 
-    Row shares: unlabelled views B*V, labelled rows L (mixed copies included), mixed unlabelled views
-    B*M. The online probes (detached features, their own parameters) are added with weight
-    (clean labelled rows) / (rows of the main terms), as the release, so switching them on does not
-    change the weights of the main terms.
+    total = B*V (clean unlabelled rows) + L (labelled rows, mixed copies included) + M, where M is the
+    NUMBER of mixed views (the release's ``mixed_unlab_bs = mixed_unlab_output.size(0)`` on a [views, B, K]
+    tensor), or their rows B*M with ``mixed_weight_rows`` (--mix_weight_rows). Each term weighs its count
+    over total; the online probes (detached features, their own parameters) are added with weight
+    (probe rows) / total, as the release's ``online_eval_weight``.
     """
     t = inp.temperature
     terms: dict[str, torch.Tensor] = {}
@@ -60,24 +62,26 @@ def semisup_objective(inp: ObjectiveInputs) -> tuple[torch.Tensor, dict[str, tor
         terms["lab_loss"] = lab
         weighted.append((lab, inp.lab_scores.size(0)))
     if inp.mixed_scores:
-        mixed = torch.stack([soft_cross_entropy(s / t, q) for s, q in zip(inp.mixed_scores, inp.mixed_targets)])
-        terms["mixed_unlab_loss"] = mixed.mean()
-        weighted.append((mixed.mean(), sum(s.size(0) for s in inp.mixed_scores)))
+        mixed = torch.stack([soft_cross_entropy(s / t, q) for s, q in zip(inp.mixed_scores, inp.mixed_targets)]).mean()
+        terms["mixed_unlab_loss"] = mixed
+        count = sum(s.size(0) for s in inp.mixed_scores) if inp.mixed_weight_rows else len(inp.mixed_scores)
+        weighted.append((mixed, count))
     if not weighted:
         raise ValueError("the step has no loss term: neither labelled nor unlabelled rows")
     total = weighted_by_rows(weighted)
-    main_rows = sum(n for _, n in weighted)
-    if inp.probe_logits and inp.probe_labels is not None and inp.probe_labels.numel() > 0:
-        probes = sum(F.cross_entropy(logits.float(), inp.probe_labels, label_smoothing=inp.label_smoothing)
-                     for logits in inp.probe_logits)
+    total_count = sum(n for _, n in weighted)
+    if inp.probe_logits and inp.probe_targets is not None and inp.probe_targets.size(0) > 0:
+        n_classes = inp.probe_logits[0].size(1)
+        target = labelled_targets(inp.probe_targets, n_classes, inp.label_smoothing)
+        probes = sum(soft_cross_entropy(logits, target) for logits in inp.probe_logits)
         terms["probe_loss"] = probes
-        total = total + probes * (inp.probe_labels.size(0) / main_rows)
+        total = total + probes * (inp.probe_targets.size(0) / total_count)
     terms["loss"] = total
     return total, terms
 
 
-def mixed_targets(assigned: list[torch.Tensor], lams: list[float],
-                  pairs: list[tuple[int, int]]) -> list[torch.Tensor]:
+def mixed_assignments(assigned: list[torch.Tensor], lams: list[float],
+                      pairs: list[tuple[int, int]]) -> list[torch.Tensor]:
     """Targets of mixed views: lam * q_s + (1 - lam) * q_t.flip(0), (s, t) indexing the assigned views'
     targets (the views were mixed with x.flip(0)); the release always mixes the first two assignments."""
     out = []

@@ -81,6 +81,40 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
+class DINOLARS(torch.optim.Optimizer):
+    """The DINO release's ``utils.LARS`` (from Barlow Twins), which Daino's ``--optimizer lars`` uses.
+
+    For a parameter with ndim > 1: d = g + wd * p, then d *= eta * |p| / |d| (1 where either norm is 0);
+    1-D parameters (biases, norms) take the plain gradient. Momentum: mu = momentum * mu + d (mu starts at
+    0), p -= lr * mu. It differs from Suave's ``LARS`` (no eps, the trust ratio on the decayed update).
+    """
+
+    def __init__(self, params: Iterable, lr: float = 0.0, weight_decay: float = 0.0, momentum: float = 0.9,
+                 eta: float = 0.001) -> None:
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay, momentum=momentum, eta=eta))
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                d = p.grad
+                if p.ndim != 1:
+                    d = d.add(p, alpha=group["weight_decay"])
+                    p_norm, d_norm = torch.norm(p), torch.norm(d)
+                    one = torch.ones_like(p_norm)
+                    d = d.mul(torch.where(p_norm > 0, torch.where(d_norm > 0, group["eta"] * p_norm / d_norm, one), one))
+                mu = self.state[p].setdefault("mu", torch.zeros_like(p))
+                mu.mul_(group["momentum"]).add_(d)
+                p.add_(mu, alpha=-group["lr"])
+        return loss
+
+
 def cosine_schedule(base_value: float, final_value: float, epochs: int, niter_per_ep: int,
                     warmup_epochs: int = 0, start_warmup_value: float = 0.0) -> np.ndarray:
     """Per-iteration values: linear warm-up from ``start_warmup_value`` to ``base_value`` over

@@ -4,12 +4,14 @@ from __future__ import annotations
 import argparse
 
 from src.args import add_data_args, add_run_args, bool_flag
+from src.release_fixes import add_fix_args
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("Suave", add_help=False)
     add_data_args(parser)
     add_run_args(parser)
+    add_fix_args(parser, "suave")
     parser.set_defaults(seed=31)
 
     g = parser.add_argument_group("multi-crop (unlabelled views)")

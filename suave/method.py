@@ -23,6 +23,7 @@ from src.method import Method, Schedules, init_from_checkpoint, resolve_num_outp
 from src.models import SwAVNetwork, build_backbone
 from src.objective import ObjectiveInputs
 from src.optim import LARS, cosine_schedule, param_groups
+from src.release_fixes import fix_on
 
 
 def data_config(args: argparse.Namespace) -> DataConfig:
@@ -104,24 +105,34 @@ class SuaveMethod(Method):
         return out.scores
 
     def add_labelled_extras(self, inputs: ObjectiveInputs, out: Any, lab: LabelledBatch) -> None:
-        if out.probe_logits and lab.n_clean > 0:  # probes learn from the clean labelled rows only
+        """The online probes' rows: the clean labelled rows (the release's ``lab_bs_no_mixed``); with
+        ``--mixup_lab_type replace`` the release keeps every row and its soft target (--probes_clean_rows: not)."""
+        if not out.probe_logits:
+            return
+        args = self.args
+        if args.mixup_lab and args.mixup_lab_type == "replace" and not fix_on(args, "probes_clean_rows"):
+            inputs.probe_logits, inputs.probe_targets = list(out.probe_logits), lab.targets
+        elif lab.n_clean > 0:
             inputs.probe_logits = [p[:lab.n_clean] for p in out.probe_logits]
-            inputs.probe_labels = lab.labels
+            inputs.probe_targets = lab.labels
 
     @torch.no_grad()
-    def unlabelled_targets(self, unlab: UnlabelledBatch, out: Any, rows: slice, epoch: int) -> dict[int, torch.Tensor]:
+    def unlabelled_targets(self, unlab: UnlabelledBatch, out: Any, view_rows: list[slice],
+                           epoch: int) -> dict[int, torch.Tensor]:
         """Sinkhorn-Knopp assignments of each crop of ``--crops_for_assign`` (SwAV's swapped targets)."""
         args, b = self.args, unlab.batch_size
-        scores, embedding, network = out.scores[rows], out.embedding[rows], self.student
+        scores, embedding, network = out.scores, out.embedding, self.student
         if self.ema is not None:  # the momentum encoder sees the first crop group and makes the targets
             ema_out = self.ema(list(unlab.views[:args.nmb_crops[0]]))
             scores, embedding, network = ema_out.scores, ema_out.embedding, self.ema
+            view_rows = [slice(b * v, b * (v + 1)) for v in range(args.nmb_crops[0])]
         targets = {}
         for i, crop_id in enumerate(args.crops_for_assign):
-            crop_scores = scores[b * crop_id:b * (crop_id + 1)].detach().float()
+            rows = view_rows[crop_id]
+            crop_scores = scores[rows].detach().float()
             if self.queue is not None:
                 crop_scores = self.queue.scores_with_queue(i, crop_scores, network.prototypes.weight)
-                self.queue.push(i, embedding[b * crop_id:b * (crop_id + 1)].detach().float())
+                self.queue.push(i, embedding[rows].detach().float())
             targets[crop_id] = sinkhorn_knopp(crop_scores, args.epsilon, args.sinkhorn_iterations)[-b:]
         return targets
 
@@ -150,14 +161,17 @@ class SuaveMethod(Method):
         evaluators: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"main": lambda x: run(x).scores}
         for idx, probe_name in enumerate(net.probe_names):
             evaluators[probe_name] = (lambda i: (lambda x: run(x).probe_logits[i]))(idx)
-        if net.cls_ensemble is None:  # the release's ensemble: sum of the softmaxes
-            t = self.args.temperature
+        if net.cls_ensemble is None:  # the release's ensemble: sum of the softmaxes (raw scores; --ensemble_scaled: / T)
+            t = self.args.temperature if fix_on(self.args, "ensemble_scaled") else 1.0
             evaluators["ensemble"] = lambda x: (sum(p.softmax(-1) for p in run(x).probe_logits)
                                                 + (run(x).scores / t).softmax(-1)).log()
         return evaluators
 
     def networks(self) -> list[torch.nn.Module]:
         return [self.student] + ([self.ema] if self.ema is not None else [])
+
+    def ema_network(self) -> torch.nn.Module | None:
+        return self.ema
 
     def state_dict(self) -> dict[str, Any]:
         return {"ema": self.ema.state_dict() if self.ema is not None else None,

@@ -66,15 +66,17 @@ def test_suave_step_equals_release_arithmetic():
     out = method.training_step(lab, unlab, epoch=0, iteration=0)
 
     s = scores.detach()
-    lab_s, views = s[:L], list(s[L:L + B * V].split(B))
-    mixed_s = s[L + B * V:]
+    # The release inserts the mixed view right after the two global views: [lab, v0, v1, mix01, v2, v3].
+    blocks = list(s[L:].split(B))
+    lab_s, views, mixed_s = s[:L], blocks[:2] + blocks[3:], blocks[2]
     qs = [reference_sinkhorn(views[c], 0.05, 3) for c in (0, 1)]
     unlab_loss = sum(sum(ce(qs[i], views[v] / TEMP) for v in range(V) if v != c) / (V - 1)
                      for i, c in enumerate((0, 1))) / 2
     lab_loss = F.cross_entropy(lab_s / TEMP, lab.targets, label_smoothing=SMOOTH)
     mixed_q = 0.3 * qs[0] + 0.7 * qs[1].flip(0)
     mixed_loss = ce(mixed_q, mixed_s / TEMP)
-    total = (B * V * unlab_loss + L * lab_loss + B * mixed_loss) / (B * V + L + B)
+    # mixed_unlab_bs = number of mixed views (1), not their rows
+    total = (B * V * unlab_loss + L * lab_loss + 1 * mixed_loss) / (B * V + L + 1)
     torch.testing.assert_close(out.logs["unlab_loss"], unlab_loss, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.logs["lab_loss"], lab_loss, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.logs["mixed_unlab_loss"], mixed_loss, rtol=1e-5, atol=1e-6)
@@ -122,12 +124,13 @@ def test_daino_step_equals_release_arithmetic_with_unlabelled_mixup():
 
     temp = 0.04 + (0.07 - 0.04) * epoch / 4  # np.linspace(0.04, 0.07, 5)[2]
     q = F.softmax((teacher_out - center) / temp, dim=1).chunk(2)
-    views = list(student[L:L + B * V].split(B))
+    blocks = list(student[L:].split(B))
+    views, mixed_s = blocks[:2] + blocks[3:], blocks[2]
     pairs = [(iq, v) for iq in range(2) for v in range(V) if v != iq]
     unlab_loss = sum(ce(q[iq], views[v] / TEMP) for iq, v in pairs) / len(pairs)
     lab_loss = F.cross_entropy(student[:L] / TEMP, lab.targets, label_smoothing=SMOOTH)
-    mixed_loss = ce(0.3 * q[0] + 0.7 * q[1].flip(0), student[L + B * V:] / TEMP)
-    total = (B * V * unlab_loss + L * lab_loss + B * mixed_loss) / (B * V + L + B)
+    mixed_loss = ce(0.3 * q[0] + 0.7 * q[1].flip(0), mixed_s / TEMP)
+    total = (B * V * unlab_loss + L * lab_loss + 1 * mixed_loss) / (B * V + L + 1)
     torch.testing.assert_close(out.loss, total, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.logs["mixed_unlab_loss"], mixed_loss, rtol=1e-5, atol=1e-6)
     new_center = center * 0.9 + teacher_out.mean(dim=0, keepdim=True) * 0.1

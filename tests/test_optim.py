@@ -196,3 +196,23 @@ def test_param_groups_decay_split_and_overrides():
 def test_param_groups_unknown_prefix():
     with pytest.raises(ValueError, match="'head' matches no trainable parameter"):
         param_groups(Tiny(), 0.0, lr_overrides={"head": 0.1})
+
+
+def test_dino_lars_equals_the_dino_release_formula():
+    from src.optim import DINOLARS
+    torch.manual_seed(0)
+    w, b = torch.randn(4, 3, requires_grad=True), torch.randn(4, requires_grad=True)
+    opt = DINOLARS([{"params": [w], "weight_decay": 0.1}, {"params": [b], "weight_decay": 0.0}], lr=0.5, momentum=0.9)
+    w0, b0 = w.detach().clone(), b.detach().clone()
+    mu_w, mu_b = torch.zeros_like(w0), torch.zeros_like(b0)
+    for step in range(2):
+        opt.zero_grad()
+        ((w * torch.arange(12.).view(4, 3)).sum() + (b ** 2).sum() * (step + 1)).backward()
+        g_w, g_b = w.grad.clone(), b.grad.clone()
+        d = g_w + 0.1 * w0
+        d = d * (0.001 * w0.norm() / d.norm())  # trust ratio on the decayed update, no eps
+        mu_w, mu_b = 0.9 * mu_w + d, 0.9 * mu_b + g_b  # 1-D: plain gradient
+        w0, b0 = w0 - 0.5 * mu_w, b0 - 0.5 * mu_b
+        opt.step()
+        torch.testing.assert_close(w.detach(), w0)
+        torch.testing.assert_close(b.detach(), b0)

@@ -40,4 +40,5 @@ main_daino.py \
 --time_budget_min 30 \
 --eval_every_min 2.5 \
 --log_freq 100 \
---saveckp_freq 0
+--saveckp_freq 0 \
+--all_fixes true

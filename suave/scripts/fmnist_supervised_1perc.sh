@@ -36,4 +36,5 @@ main_suave.py \
 --time_budget_min 30 \
 --eval_every_min 2.5 \
 --log_freq 100 \
---checkpoint_freq 0
+--checkpoint_freq 0 \
+--all_fixes true

@@ -35,4 +35,5 @@ main_suave.py \
 --time_budget_min 15 \
 --eval_every_min 0 \
 --log_freq 100 \
---checkpoint_freq 0
+--checkpoint_freq 0 \
+--all_fixes true

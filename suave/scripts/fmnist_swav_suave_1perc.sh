@@ -37,4 +37,5 @@ main_suave.py \
 --log_freq 100 \
 --init_proj true \
 --require_init_ckpt true \
---checkpoint_freq 0
+--checkpoint_freq 0 \
+--all_fixes true
