@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pil_plot import line_plot  # noqa: E402
+from plot import line_plot  # noqa: E402
 from src.launch.script_file import flatten, group_flags, merge_flags, read_script_file  # noqa: E402
 
 TIME_POINTS_MIN = (10, 20, 30)
@@ -291,7 +291,7 @@ def main() -> None:
         print("  " + "  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
         write_tables(rows, out)
     line_plot({k: [(t, a) for t, a in v] for k, v in curves.items()}, str(out / "accuracy_vs_time.png"),
-              x_label="training wall time (min, 2 CPU cores)", y_label="test top-1 (%)",
+              x_label="training time (min, 2 CPU cores)", y_label="test top-1 (%)",
               title=f"Fashion-MNIST, {args.labels_perc}% labels, seed {args.seed}",
               x_range=(0, max([args.budget_min] + [t for c in curves.values() for t, _ in c])))
     print(f"wrote {out / 'results.csv'}, {out / 'results.md'}, {out / 'accuracy_vs_time.png'}")

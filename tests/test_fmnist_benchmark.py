@@ -50,3 +50,15 @@ def test_reuse_refuses_a_run_made_with_other_flags_and_names_the_flag(tmp_path):
         check_reusable(Stage(recipe, tmp_path / "suave", 30), {"--seed": ["31"], "--queue_length": ["4096"]})
     with pytest.raises(SystemExit, match=r"was run with --seed 31 but .* gives \(absent\)"):
         check_reusable(Stage(recipe, tmp_path / "suave", 30), {"--queue_length": ["0"]})
+
+
+def test_accuracy_plot_writes_a_png_of_the_expected_size(tmp_path):
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    from plot import line_plot
+    path = tmp_path / "curve.png"
+    line_plot({"suave": [(2.5, 70.0), (30.0, 87.0)], "supervised": [(2.5, 75.0), (30.0, 82.0)]}, str(path),
+              x_label="training time (min)", y_label="test top-1 (%)", title="t", x_range=(0, 30))
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.size == (840, 540)
