@@ -138,8 +138,13 @@ class Method:
     def clip_modules(self) -> list[nn.Module]:
         return [self.student]
 
+    def kept_networks(self) -> dict[str, nn.Module]:
+        """Networks besides the student, by the name the checkpoint stores them under (``"teacher"``: Daino's
+        EMA teacher, Suave's momentum encoder); see the contract in ``src/checkpoint.py``."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
-        """Method state beyond the student and optimiser (teacher, queue, loss center)."""
+        """Method state beyond the student, the kept networks and the optimiser (queue, loss center)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
