@@ -137,3 +137,30 @@ def load_trained(path: str, device: torch.device | str = "cpu", expect_method: s
         network.load_state_dict(stored[network_name])
         network.to(device).eval()
     return TrainedModel(where, name, method, args, classes, preprocessing, int(checkpoint.get("epoch", 0)), networks)
+
+
+class ClassScores(nn.Module):
+    """One network of a trained model as a classifier: normalised images (B, 3, H, W) -> scores / temperature.
+
+    The scores are what validation ranks (Suave: the prototypes' cosine scores; Daino: the head's outputs);
+    dividing by the training temperature makes ``softmax`` the class probabilities of the training loss.
+    """
+
+    def __init__(self, network: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.network = network
+        self.temperature = temperature
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.network([images])
+        scores = out.scores if hasattr(out, "scores") else out  # SwAVNetwork's output, or DINONetwork's logits
+        return scores / self.temperature
+
+
+def classifier(trained: TrainedModel, network_name: str | None = None) -> ClassScores:
+    """``ClassScores`` of network ``network_name`` (default: the one validation reports first, main_network)."""
+    name = network_name or trained.main_network
+    if name not in trained.networks:
+        raise UserError(f"{trained.path} has no {name!r} network; it holds: {', '.join(sorted(trained.networks))}. "
+                        f"Pass --checkpoint_key {trained.main_network}")
+    return ClassScores(trained.networks[name], trained.temperature).eval()
