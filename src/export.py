@@ -124,8 +124,10 @@ class ClassifierProgram(nn.Module):
 def export_program(trained: TrainedModel, network_name: str | None, path: str, metadata: dict) -> None:
     """``torch.export`` the classifier with a dynamic batch size and save it with ``metadata`` inside."""
     pre = trained.preprocessing
-    size = pre["crop"] or pre["resize"] or int(getattr(trained.args, "val_crop", 224))
-    program = ClassifierProgram(classifier(trained, network_name).to("cpu"), pre["mean"], pre["std"]).eval()
+    # images used at their own size (--val_resize 0 --val_crop 0, e.g. 28-px Fashion-MNIST): the training crop
+    size = pre["crop"] or pre["resize"] or int(getattr(trained.args, "lab_crop_size", 224))
+    scores = classifier(trained, network_name).to("cpu", memory_format=torch.contiguous_format)  # not channels_last
+    program = ClassifierProgram(scores, pre["mean"], pre["std"]).eval()
     example = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     batch = torch.export.Dim("batch", min=1, max=65536)
     with torch.no_grad():
@@ -157,7 +159,7 @@ def export_model(checkpoint: str, out_dir: str, checkpoint_key: str | None = Non
     except ImportError:
         metadata["safetensors"] = "not written: pip install safetensors"
     if target.library:
-        size = 224 if target.library == "timm" else (trained.preprocessing["crop"] or 64)
+        size = 224 if target.library == "timm" else (trained.preprocessing["crop"] or trained.args.lab_crop_size)
         metadata["verification"] = verify_backbone(state, backbone, target, size)
     if program:
         written.append(os.path.join(out_dir, "classifier.pt2"))

@@ -2,8 +2,8 @@
 
 Images: a folder (searched recursively for image files) or a text file listing one path per line (relative
 paths are taken from the list's folder). Each image gets the checkpoint's own evaluation preprocessing
-(Resize, CenterCrop, Normalize) and goes, in batches, on the CPU or a GPU, through the network validation
-reports first (Daino's teacher, Suave's student; ``--checkpoint_key`` picks the other). The CSV has one row per
+(Resize, CenterCrop, Normalize) and goes, in batches, on the CPU or a GPU, with the run's validation precision
+(bf16/fp16 autocast when it trained so) through the network validation reports first (Daino's teacher, Suave's student; ``--checkpoint_key`` picks the other). The CSV has one row per
 image, in input order: ``path, predicted_class, probability, top5, error``: probability = softmax(scores /
 temperature) of the predicted class, top5 = the five most probable class names joined by ``;``. An unreadable
 image gets an empty prediction and its reason in ``error``; the others are still predicted. When every image
@@ -85,13 +85,15 @@ def predict(checkpoint: str, images: str, out: str, batch_size: int = 64, device
     loader = DataLoader(ImagesToPredict(paths, eval_transform(trained.preprocessing)), batch_size=batch_size,
                         num_workers=workers, collate_fn=collate, pin_memory=device.startswith("cuda"))
     rows: list[dict[str, Any]] = [{"path": path} for path in paths]
+    precision = trained.eval_precision()
     k = min(topk, len(trained.classes))
     done, failures, start = 0, 0, time.perf_counter()
     for batch, indices, failed in loader:
         for index, reason in failed:
             rows[index].update(predicted_class="", probability="", top5="", error=reason)
         if batch is not None:
-            probabilities = model(batch.to(device)).float().softmax(dim=1).cpu()
+            with precision.autocast():
+                probabilities = model(trained.prepare(batch)).float().softmax(dim=1).cpu()
             top_p, top_i = probabilities.topk(k, dim=1)
             for row, p, i in zip(indices, top_p.tolist(), top_i.tolist()):
                 names = [trained.classes[c] for c in i]

@@ -8,6 +8,7 @@ and returns them in eval mode with the class names and the evaluation preprocess
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 from dataclasses import dataclass
@@ -85,6 +86,19 @@ class TrainedModel:
         """The network the method validates with: Daino's teacher, Suave's student."""
         return "teacher" if self.method_name == "daino" else "student"
 
+    def eval_precision(self) -> Any:
+        """The engine's ``Precision`` for this run's flags (bf16 / fp16 autocast as validation runs them), so
+        that predictions equal ``--evaluate``'s. fp16 is CUDA-only (the engine ignores it on the CPU)."""
+        from src.engine import Precision  # the engine imports the whole training stack: only when needed
+
+        device = next(self.method.student.parameters()).device
+        return Precision(self.args.use_fp16 and device.type == "cuda", self.args.use_bf16, device)
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch on the model's device and in its memory format (``--channels_last``), as validation does."""
+        images = images.to(next(self.method.student.parameters()).device, non_blocking=True)
+        return images.contiguous(memory_format=torch.channels_last) if self.args.channels_last else images
+
     @property
     def temperature(self) -> float:
         """The softmax temperature of the training cross-entropy: probabilities are softmax(scores / T)."""
@@ -127,6 +141,7 @@ def load_trained(path: str, device: torch.device | str = "cpu", expect_method: s
     classes = _classes(checkpoint, data_path, where)
     preprocessing = checkpoint.get("eval_preprocessing") or parts.data_config(args).eval_preprocessing()
     device = torch.device(device)
+    memory_format = torch.channels_last if getattr(args, "channels_last", False) else torch.contiguous_format
     method = parts.method_class(args, len(classes), device)
     stored = checkpoint_networks(checkpoint)
     networks = {"student": method.student, **method.kept_networks()}
@@ -135,7 +150,7 @@ def load_trained(path: str, device: torch.device | str = "cpu", expect_method: s
             raise UserError(f"{where} lacks the {network_name!r} network its flags describe (it holds "
                             f"{', '.join(sorted(stored)) or 'none'}): it is not a complete checkpoint of this project")
         network.load_state_dict(stored[network_name])
-        network.to(device).eval()
+        network.to(device, memory_format=memory_format).eval()  # as the engine places them
     return TrainedModel(where, name, method, args, classes, preprocessing, int(checkpoint.get("epoch", 0)), networks)
 
 
