@@ -20,6 +20,9 @@ IMPLEMENTED = True
 
 
 def main(args: argparse.Namespace) -> dict:
+    if args.evaluate:
+        from src.evaluate import evaluate_checkpoint
+        return evaluate_checkpoint(args, "suave")
     from src.engine import run_training
     return run_training(args, data_config, SuaveMethod)
 

@@ -130,14 +130,12 @@ class DainoMethod(Method):
     def eval_modules(self) -> list[torch.nn.Module]:
         return [self.student, self.teacher]
 
-    def ema_network(self) -> torch.nn.Module | None:
-        return self.teacher
+    def kept_networks(self) -> dict[str, torch.nn.Module]:
+        return {"teacher": self.teacher}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"teacher": self.teacher.state_dict(), "dino_loss": self.dino_loss.state_dict()}
+        return {"dino_loss": self.dino_loss.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if state.get("teacher") is not None:
-            self.teacher.load_state_dict(state["teacher"])
         if state.get("dino_loss") is not None:
             self.dino_loss.load_state_dict(state["dino_loss"])

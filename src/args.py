@@ -65,6 +65,9 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--output_dir", type=str, default=".",
                    help="experiment directory: checkpoints, train.log, stats.csv; re-running resumes")
     g.add_argument("--seed", type=int, default=31, help="random seed")
+    g.add_argument("--evaluate", type=str, default=None, metavar="CKPT",
+                   help="(new) only evaluate checkpoint CKPT on DATA/val (top-1/top-5 of every head) and write "
+                        "eval.json beside it (or in --output_dir); the other flags come from the checkpoint")
     g.add_argument("--use_fp16", type=bool_flag, default=True,
                    help="fp16 autocast with gradient scaling (CUDA only; ignored with a warning on CPU)")
     g.add_argument("--use_bf16", type=bool_flag, default=False,

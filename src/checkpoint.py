@@ -5,7 +5,35 @@ Reading is always ``torch.load(..., weights_only=True, map_location="cpu")``; ``
 global changes. Writing is atomic: a temporary file beside the target, flushed and fsync'ed, then
 ``os.replace``; a crash mid-write leaves the previous checkpoint intact.
 
-Containers understood by :func:`extract_state_dict`:
+The checkpoint contract (layout version 2; ``EXP/checkpoint.pth`` written by ``src.engine.Trainer``)
+--------------------------------------------------------------------------------------------------
+``layout_version``       2 (:data:`LAYOUT_VERSION`); files without it are version 1 (see below).
+``method_name``          ``"suave"`` or ``"daino"``: which entry point trained it.
+``student``              the trainable network's ``state_dict()`` (``SwAVNetwork``: ``backbone.*``,
+                         ``projection_head.*``, ``prototypes.*``, probes; ``DINONetwork``: ``backbone.*``,
+                         ``head.*``), unwrapped (no ``module.`` prefix).
+``teacher``              every other network the method keeps, under the name the loaders read: Daino's EMA
+                         teacher, Suave's momentum encoder (``--use_momentum true``); absent when the method
+                         keeps none (Suave without momentum encoder).
+``args``                 the parsed flags (a dict); ``--evaluate``, predict and export rebuild the networks
+                         from them.
+``classes``              the class names in index order (output k of every head is ``classes[k]``).
+``eval_preprocessing``   ``{"resize", "crop", "mean", "std"}``: Resize(resize) (short side, bilinear; None:
+                         none), CenterCrop(crop), ToTensor, Normalize(mean, std), as validation runs.
+``method``, ``optimizer``, ``scaler``, ``lab_loader``, ``rng``, ``epoch``, ``iteration``, ``iter_in_epoch``,
+``wandb_id``, ``world_size``: what resuming needs (``method``: the SwAV queue, DINO's loss center).
+
+``checkpoint_key`` (``--checkpoint_key``, :func:`load_pretrained_backbone`) names one network:
+``student`` or ``teacher``. It loads exactly that network or raises :class:`CheckpointError` (a
+``UserError``) naming the networks the file holds; it never falls back to another one. A plain state_dict
+(the SwAV release, DINO's backbone-only file) holds a single network and loads whatever the key.
+
+Version 1 (this project before the contract): no ``layout_version``/``method_name``/``classes``/
+``eval_preprocessing``, Daino's teacher in ``method["teacher"]``, Suave's momentum encoder in
+``method["ema"]``. Loaders read those networks there; evaluation takes the classes from ``DATA/train`` and the
+preprocessing from the flags; predict and export ask for ``--data_path`` to name the classes.
+
+Released containers understood by :func:`extract_state_dict`:
 
 - SwAV release (``swav_800ep_pretrain.pth.tar``): a plain state_dict of the DDP-wrapped model, keys
   ``module.conv1.weight``, ..., ``module.projection_head.*``, ``module.prototypes.weight`` (or the same
@@ -13,14 +41,10 @@ Containers understood by :func:`extract_state_dict`:
 - DINO backbone-only release (``dino_deitsmall16_pretrain.pth``): a plain state_dict without prefix.
 - DINO full checkpoint: ``{"student": {module.backbone.*, module.head.*}, "teacher": {backbone.*, head.*},
   "optimizer", "epoch", "args" (argparse.Namespace), "dino_loss", "fp16_scaler"}``.
-- The Suave-Daino release's own checkpoints: ``{"state_dict", "ema_state_dict", ...}`` (Suave) and the
-  DINO layout above (Daino).
-- This project's checkpoints (written by the engine with :func:`save_checkpoint_atomic`):
-  ``{"student": network.state_dict(), "teacher": teacher.state_dict() or None, "optimizer": ...,
-  "epoch": int, "args": dict, ...}`` where the network is ``SwAVNetwork`` (``backbone.*``,
-  ``projection_head.*``, ``prototypes.*``, probes) or ``DINONetwork`` (``backbone.*``, ``head.mlp.*``,
-  ``head.last_layer.*``). State dicts are taken from the unwrapped module (:func:`unwrap_module`), but
-  ``module.`` / ``_orig_mod.`` prefixes are stripped on load anyway.
+- The Suave-Daino release's own checkpoints: ``{"state_dict" (student), "ema_state_dict" (teacher: the
+  momentum encoder, or None), ...}`` (Suave) and the DINO layout above (Daino).
+
+``module.`` / ``_orig_mod.`` prefixes are stripped on load.
 """
 
 from __future__ import annotations
@@ -41,6 +65,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from src.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -54,14 +80,19 @@ _WEIGHT_NORM_ALIASES = {
     "weight_g": "parametrizations.weight.original0",
     "weight_v": "parametrizations.weight.original1",
 }
-# Entries tried, in order, when the requested checkpoint_key is not in a dict container.
-_KEY_ALIASES = {"teacher": ("teacher", "ema_state_dict"), "student": ("student", "state_dict")}
-_FALLBACK_KEYS = ("student", "state_dict", "model")
+LAYOUT_VERSION = 2  # the checkpoint contract of the module docstring
+# Where each network lives in a dict container, tried in order: this project (v2, then v1 inside "method"),
+# DINO's full checkpoint, the Suave release ("state_dict" / "ema_state_dict"), other trainers ("model").
+NETWORK_LOCATIONS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "student": (("student",), ("state_dict",), ("model",)),
+    "teacher": (("teacher",), ("ema_state_dict",), ("method", "teacher"), ("method", "ema")),
+}
 _SHOW = 5  # how many key names an error message lists
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint file cannot be used: corrupt, unsafe to unpickle, or not matching the model."""
+class CheckpointError(UserError, RuntimeError):
+    """A checkpoint file cannot be used: corrupt, unsafe to unpickle, lacking the asked network, or not
+    matching the model. A ``UserError``: the entry points print its message as one line."""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -266,27 +297,61 @@ def _is_state_dict(value: Any) -> bool:
     return isinstance(value, Mapping) and len(value) > 0 and all(isinstance(v, Tensor) for v in value.values())
 
 
-def extract_state_dict(checkpoint: Mapping, checkpoint_key: str = "teacher") -> dict[str, Tensor]:
-    """The state_dict inside a checkpoint container (keys unchanged, prefixes and all).
+def _entry(checkpoint: Mapping, location: Sequence[str]) -> Any:
+    value: Any = checkpoint
+    for key in location:
+        value = value.get(key) if isinstance(value, Mapping) else None
+    return value
 
-    A plain state_dict (SwAV, DINO backbone-only) is returned as is. In a dict of entries,
-    ``checkpoint_key`` is used when present (``"teacher"`` also accepts the Suave release's
-    ``"ema_state_dict"``, ``"student"`` its ``"state_dict"``); when it is absent or None (e.g. a Suave run
-    without momentum encoder has no teacher) the first of ``student``, ``state_dict``, ``model`` is used,
-    with a log line. Raises CheckpointError when no state_dict is found.
+
+def checkpoint_networks(checkpoint: Mapping) -> dict[str, dict[str, Tensor]]:
+    """Network name (``student``, ``teacher``) -> state_dict, for every network a dict container holds.
+
+    Looks where :data:`NETWORK_LOCATIONS` says (this project's v2 and v1 layouts, DINO, the Suave release);
+    a plain state_dict is one network, returned as ``{"student": ...}``. Empty or None entries do not count.
+    """
+    if _is_state_dict(checkpoint):
+        return {"student": dict(checkpoint)}
+    networks = {}
+    for name, locations in NETWORK_LOCATIONS.items():
+        for location in locations:
+            value = _entry(checkpoint, location)
+            if _is_state_dict(value):
+                networks[name] = dict(value)
+                break
+    return networks
+
+
+def extract_state_dict(checkpoint: Mapping, checkpoint_key: str = "teacher", where: str = "") -> dict[str, Tensor]:
+    """The state_dict of network ``checkpoint_key`` inside a checkpoint container (keys unchanged).
+
+    A plain state_dict (SwAV, DINO backbone-only) holds one network and is returned as is, whatever the key;
+    so does a container with nothing but a ``state_dict`` or ``model`` entry (SwAV's ``{"state_dict": ...}``:
+    no teacher, student or momentum-encoder entry at all). In other dict containers, ``checkpoint_key`` is ``"student"`` or ``"teacher"`` (looked up as
+    :func:`checkpoint_networks` does) or the name of an entry holding a state_dict. A network the file does
+    not hold is a :class:`CheckpointError` naming the networks it holds: there is no silent fallback.
     """
     if _is_state_dict(checkpoint):
         return dict(checkpoint)
-    for key in _KEY_ALIASES.get(checkpoint_key, (checkpoint_key,)):
-        if _is_state_dict(checkpoint.get(key)):
-            return dict(checkpoint[key])
-    for key in _FALLBACK_KEYS:
-        if _is_state_dict(checkpoint.get(key)):
-            logger.info("checkpoint has no %r entry (or it is empty/None): using %r instead", checkpoint_key, key)
-            return dict(checkpoint[key])
+    if _is_state_dict(checkpoint.get(checkpoint_key)):
+        return dict(checkpoint[checkpoint_key])
+    networks = checkpoint_networks(checkpoint)
+    if list(networks) == ["student"] and not set(checkpoint) & {"student", "teacher", "ema_state_dict", "method"}:
+        return networks["student"]  # a single-network container
+    if checkpoint_key in networks:
+        return networks[checkpoint_key]
+    where = f" {where}" if where else ""
+    if not networks:
+        raise CheckpointError(
+            f"no state_dict found under {checkpoint_key!r} in checkpoint{where} with entries "
+            f"{sorted(map(str, checkpoint))}; pass checkpoint_key naming the entry that holds the weights"
+        )
+    held = ", ".join(sorted(networks))
+    why = (" (a Suave run without --use_momentum keeps no teacher / momentum encoder)"
+           if checkpoint_key == "teacher" and checkpoint.get("method_name") == "suave" else "")
     raise CheckpointError(
-        f"no state_dict found under {checkpoint_key!r} in a checkpoint with entries {sorted(map(str, checkpoint))}; "
-        "pass checkpoint_key naming the entry that holds the weights (e.g. 'teacher' or 'student')"
+        f"checkpoint{where} has no {checkpoint_key!r} network{why}; it holds: {held}. "
+        f"Pass --checkpoint_key {sorted(networks)[0]} (checkpoint_key=...) to load that one"
     )
 
 
@@ -422,7 +487,7 @@ def load_pretrained_backbone(
     key names (all of ``backbone.state_dict()``).
     """
     checkpoint, where = _as_checkpoint(path, flag)
-    state_dict = extract_state_dict(checkpoint, checkpoint_key)
+    state_dict = extract_state_dict(checkpoint, checkpoint_key, where)
     found = _rename_keys(state_dict, (*_WRAPPER_PREFIXES, _BACKBONE_PREFIX), where)
     module = unwrap_module(backbone)
     wanted = module.state_dict()
@@ -469,7 +534,7 @@ def load_pretrained_projection(
     shape mismatches raise CheckpointError naming the keys and the file. Returns the loaded key names.
     """
     checkpoint, where = _as_checkpoint(path, flag)
-    state_dict = extract_state_dict(checkpoint, checkpoint_key)
+    state_dict = extract_state_dict(checkpoint, checkpoint_key, where)
     found = _rename_keys(state_dict, _WRAPPER_PREFIXES, where)
     module = unwrap_module(network)
     projection, classifier, kind = _projection_prefixes(module)

@@ -67,6 +67,18 @@ class DataConfig:
             train_mode=args.train_mode, max_iters_per_epoch=args.max_iters_per_epoch)
 
 
+    def eval_preprocessing(self) -> dict:
+        """How validation prepares an image (stored in checkpoints; :func:`eval_transform` rebuilds it)."""
+        return {"resize": self.val_resize, "crop": self.val_crop, "mean": list(self.normalization.mean),
+                "std": list(self.normalization.std)}
+
+
+def eval_transform(preprocessing: dict) -> Callable:
+    """The validation transform described by a checkpoint's ``eval_preprocessing``."""
+    return val_transform(preprocessing["resize"], preprocessing["crop"],
+                         normalization=Normalization(tuple(preprocessing["mean"]), tuple(preprocessing["std"])))
+
+
 def swav_multicrop_config(args: argparse.Namespace) -> MultiCropFactory:
     """SwAV multi-crop from Suave's flags (``--nmb_crops``, ``--size_crops``, scales, ``--color_jit_unlab``)."""
     lengths = {len(args.nmb_crops), len(args.size_crops), len(args.min_scale_crops), len(args.max_scale_crops)}

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from src import distributed
-from src.checkpoint import read_checkpoint, save_checkpoint_atomic, copy_snapshot
+from src.checkpoint import LAYOUT_VERSION, checkpoint_networks, copy_snapshot, read_checkpoint, save_checkpoint_atomic
 from src.data_setup import DataBundle, DataConfig, build_data
 from src.errors import TrainingDiverged
 from src.logging_utils import (MetricLogger, StatsTable, Stopwatch, WandbRun, format_seconds, get_logger,
@@ -152,7 +152,8 @@ class Trainer:
         seed_everything(args.seed + self.dist.rank if fix_on(args, "seed_per_rank") else args.seed)
         self.logger.info("device %s, %d process(es), backend %s", self.device, self.dist.world_size,
                          self.dist.backend or "none (single process)")
-        self.data: DataBundle = build_data(data_config(args), self.dist)
+        self.data_config = data_config(args)
+        self.data: DataBundle = build_data(self.data_config, self.dist)
         self.method = make_method(args, self.data.num_classes, self.device)
         memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
         for module in self.method.networks():
@@ -203,6 +204,10 @@ class Trainer:
             return
         ckpt = read_checkpoint(self.checkpoint_path)
         self.method.student.load_state_dict(ckpt["student"])
+        networks = checkpoint_networks(ckpt)  # the contract's names, or where layout 1 kept them
+        for name, network in self.method.kept_networks().items():
+            if name in networks:
+                network.load_state_dict(networks[name])
         self.method.load_state_dict(ckpt.get("method", {}))
         self.optimizer.load_state_dict(ckpt["optimizer"])
         if self.precision.scaler is not None and ckpt.get("scaler"):
@@ -397,8 +402,13 @@ class Trainer:
         if not distributed.is_main_process():
             distributed.barrier()
             return
-        state = {
+        state = {  # the checkpoint contract: src/checkpoint.py
+            "layout_version": LAYOUT_VERSION,
+            "method_name": self.method.name,
             "student": self.method.student.state_dict(),
+            **{name: network.state_dict() for name, network in self.method.kept_networks().items()},
+            "classes": sorted(self.data.class_to_idx, key=self.data.class_to_idx.__getitem__),
+            "eval_preprocessing": self.data_config.eval_preprocessing(),
             "method": method_state,
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.precision.scaler.state_dict() if self.precision.scaler is not None else None,

@@ -24,13 +24,13 @@ from src import distributed
 LOGGER_NAME = "suavedaino"
 
 
-def setup_logging(output_dir: str, rank: int) -> logging.Logger:
-    """Log to stdout and ``<output_dir>/train.log`` on rank 0; other ranks log warnings only."""
+def setup_logging(output_dir: str, rank: int, log_name: str = "train.log") -> logging.Logger:
+    """Log to stdout and ``<output_dir>/<log_name>`` on rank 0; other ranks log warnings only."""
     fmt = logging.Formatter(f"%(asctime)s [rank {rank}] %(message)s", datefmt="%Y-%m-%d %H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stdout)]
     if rank == 0:
         os.makedirs(output_dir, exist_ok=True)
-        handlers.append(logging.FileHandler(os.path.join(output_dir, "train.log")))
+        handlers.append(logging.FileHandler(os.path.join(output_dir, log_name)))
     for handler in handlers:
         handler.setFormatter(fmt)
     # The engine's logger and the library modules' (src.checkpoint, src.data, ...) share the same handlers.

@@ -73,7 +73,7 @@ class Method:
 
     def ema_network(self) -> nn.Module | None:
         """The EMA copy of the student (Daino's teacher, Suave's momentum encoder), if the method keeps one."""
-        return None
+        return self.kept_networks().get("teacher")
 
     def restart_ema_from_student(self) -> None:
         """Copy the student into its EMA copy. The engine calls it after DDP has broadcast rank 0's student, as
@@ -164,8 +164,13 @@ class Method:
     def clip_modules(self) -> list[nn.Module]:
         return [self.student]
 
+    def kept_networks(self) -> dict[str, nn.Module]:
+        """Networks besides the student, by the name the checkpoint stores them under (``"teacher"``: Daino's
+        EMA teacher, Suave's momentum encoder); see the contract in ``src/checkpoint.py``."""
+        return {}
+
     def state_dict(self) -> dict[str, Any]:
-        """Method state beyond the student and optimiser (teacher, queue, loss center)."""
+        """Method state beyond the student, the kept networks and the optimiser (queue, loss center)."""
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

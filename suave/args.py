@@ -73,6 +73,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="(new) also load the prototypes when their shape matches (fine-tuning our own checkpoint)")
     g.add_argument("--swav_init_ckpt", type=str, default=None,
                    help="SwAV (or Suave) checkpoint to start from; none: train from scratch")
+    g.add_argument("--checkpoint_key", type=str, default="student", choices=["student", "teacher"],
+                   help="(new) which network of --swav_init_ckpt to start from: student (the release loads its "
+                        "'state_dict'), or teacher (the momentum encoder); a plain SwAV state_dict is one network")
 
     g.add_argument("--require_init_ckpt", type=bool_flag, default=False,
                    help="(new) refuse to start without --swav_init_ckpt (the fine-tuning recipes set it)")

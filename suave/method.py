@@ -60,7 +60,7 @@ class SuaveMethod(Method):
                             "(e.g. EXP/checkpoint.pth of a Suave run, or swav_800ep_pretrain.pth.tar)")
         self.student = build_suave_network(args, self.num_prototypes)
         if args.swav_init_ckpt:
-            init_from_checkpoint(self.student, args.swav_init_ckpt, "--swav_init_ckpt", "teacher",
+            init_from_checkpoint(self.student, args.swav_init_ckpt, "--swav_init_ckpt", args.checkpoint_key,
                                  args.init_proj, args.init_prototypes)
         self.student.to(device)
         self.ema: SwAVNetwork | None = None
@@ -170,16 +170,13 @@ class SuaveMethod(Method):
     def networks(self) -> list[torch.nn.Module]:
         return [self.student] + ([self.ema] if self.ema is not None else [])
 
-    def ema_network(self) -> torch.nn.Module | None:
-        return self.ema
+    def kept_networks(self) -> dict[str, torch.nn.Module]:
+        return {"teacher": self.ema} if self.ema is not None else {}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"ema": self.ema.state_dict() if self.ema is not None else None,
-                "queue": self.queue.state_dict() if self.queue is not None else None}
+        return {"queue": self.queue.state_dict() if self.queue is not None else None}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.ema is not None and state.get("ema") is not None:
-            self.ema.load_state_dict(state["ema"])
         if state.get("queue") is not None:
             world = get_world_size()
             self.queue = SwAVQueue(len(self.args.crops_for_assign), self.args.queue_length, self.args.feat_dim,

@@ -27,3 +27,31 @@ def shared_reference(tmp_path_factory) -> str:
             else:
                 shutil.copy(source, target / name)
     return str(out)
+
+
+@pytest.fixture(scope="session")
+def tiny_runs(tmp_path_factory) -> dict:
+    """Checkpoints the engine really wrote: one epoch of 2 iterations on a tiny generated ImageFolder (4 classes).
+
+    ``suave_momentum`` (momentum encoder + online probes: a 'teacher' and probe heads), ``suave`` (no momentum
+    encoder: the student only) and ``daino`` (student + EMA teacher). Values: {"dir", "checkpoint", "data"}.
+    """
+    import main_daino
+    import main_suave
+    from src.cli import run_main
+    from src.data.synthetic import make_synthetic_imagefolder
+    from tests.test_training import DAINO_TINY, SUAVE_TINY
+
+    root = tmp_path_factory.mktemp("trained")
+    info = make_synthetic_imagefolder(str(root / "data"), num_classes=4, train_per_class=16, val_per_class=4,
+                                      size=32, seed=0, subset_per_class=4)
+    runs = {"suave_momentum": (main_suave, SUAVE_TINY + ["--use_momentum", "true", "--multihead_eval", "true"]),
+            "suave": (main_suave, SUAVE_TINY), "daino": (main_daino, DAINO_TINY)}
+    out = {}
+    for name, (module, flags) in runs.items():
+        run_dir = str(root / name)
+        argv = ["--data_path", str(root / "data"), "--subset_file", str(info.subset_file), "--output_dir", run_dir,
+                "--epochs", "1", "--max_iters_per_epoch", "2", *flags]
+        assert run_main(module.get_args_parser, module.main, name, argv) == 0
+        out[name] = {"dir": run_dir, "checkpoint": os.path.join(run_dir, "checkpoint.pth"), "data": str(root / "data")}
+    return out

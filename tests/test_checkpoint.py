@@ -1,5 +1,6 @@
 """src/checkpoint.py: the released SwAV / DINO files and this project's own load as laid out in
-../shared/reference/checkpoint_layouts.json; reading is weights_only; writing is atomic."""
+tests/fixtures/reference/checkpoint_layouts.json (a copy of ../shared/reference/checkpoint_layouts.json); reading is
+weights_only; writing is atomic. Round trips on checkpoints the engine writes: tests/test_checkpoint_contract.py."""
 
 from __future__ import annotations
 
@@ -52,9 +53,12 @@ def _random_tensors(entries: list, generator: torch.Generator) -> OrderedDict:
     return state
 
 
+LAYOUTS = os.path.join(os.path.dirname(__file__), "fixtures", "reference", "checkpoint_layouts.json")
+
+
 @pytest.fixture(scope="session")
-def layouts(shared_reference: str) -> dict:
-    with open(os.path.join(shared_reference, "checkpoint_layouts.json")) as handle:
+def layouts() -> dict:
+    with open(LAYOUTS) as handle:
         return json.load(handle)
 
 
@@ -337,23 +341,24 @@ def test_init_proj_rejects_a_network_without_projection():
 # ------------------------------------------------------------------------------------------------------------
 
 
-def test_own_suave_checkpoint_without_teacher_falls_back_to_student(tmp_path, caplog):
+def test_checkpoint_without_teacher_refuses_the_teacher_and_names_what_it_holds(tmp_path):
     network = models.SwAVNetwork(models.build_backbone("resnet18", small_stem=True), hidden_mlp=[32], feat_dim=8,
                                  nmb_prototypes=5)
     path = tmp_path / "checkpoint.pth"
     save_checkpoint_atomic({"student": network.state_dict(), "teacher": None, "optimizer": {"state": {}},
                             "epoch": 3, "args": argparse.Namespace(arch="resnet18")}, path)
     backbone = models.build_backbone("resnet18", small_stem=True)
-    with caplog.at_level(logging.INFO, logger="src.checkpoint"):
-        loaded = load_pretrained_backbone(backbone, path)
-    assert "no 'teacher' entry (or it is empty/None): using 'student'" in caplog.text
+    with pytest.raises(CheckpointError, match=r"has no 'teacher' network; it holds: student\. Pass --checkpoint_key "
+                                              r"student"):
+        load_pretrained_backbone(backbone, path)
+    loaded = load_pretrained_backbone(backbone, path, checkpoint_key="student")
     assert loaded == list(backbone.state_dict())
     _assert_loaded(backbone, network.backbone.state_dict(), "")
 
     # fine-tuning from it: projection and prototypes (same K) come back too
     fresh = models.SwAVNetwork(models.build_backbone("resnet18", small_stem=True), hidden_mlp=[32], feat_dim=8,
                                nmb_prototypes=5)
-    loaded = load_pretrained_projection(fresh, path, load_classifier=True)
+    loaded = load_pretrained_projection(fresh, path, checkpoint_key="student", load_classifier=True)
     assert "prototypes.weight" in loaded
     for key in loaded:
         assert torch.equal(fresh.state_dict()[key], network.state_dict()[key]), key
@@ -383,7 +388,10 @@ def test_extract_state_dict_containers():
     assert extract_state_dict(release, "teacher")["a"] is ema["a"]
     assert extract_state_dict(release, "student")["a"] is weights["a"]
     without_ema = {"epoch": 3, "state_dict": weights, "ema_state_dict": None}
-    assert extract_state_dict(without_ema, "teacher")["a"] is weights["a"]
+    with pytest.raises(CheckpointError, match=r"has no 'teacher' network; it holds: student"):
+        extract_state_dict(without_ema, "teacher")
+    # a plain state_dict is one network: any key loads it
+    assert extract_state_dict(weights, "student") == extract_state_dict(weights, "teacher") == weights
     with pytest.raises(CheckpointError, match=r"no state_dict found under 'teacher'.*\['epoch', 'queue'\]"):
         extract_state_dict({"epoch": 3, "queue": [1]})
 

@@ -1,0 +1,104 @@
+"""Evaluation only: ``python main_suave.py --evaluate CKPT [--data_path DATA] [--output_dir DIR]`` (and Daino).
+
+Rebuilds the run from the checkpoint alone (its flags, classes and eval preprocessing: ``src.trained``), then
+runs the engine's own validation (``Trainer.validate``: same loader order, batch size, precision and heads)
+on ``DATA/val``: top-1/top-5 of every head (Suave: the prototypes, the online probes and their ensemble;
+Daino: the teacher, ``main``, and the student). Writes ``eval.json`` next to the checkpoint or in
+``--output_dir``. Runs on the CPU, one GPU or under torchrun (the val set is sharded and the counts summed).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import types
+from typing import Any
+
+from src import distributed
+from src.data import ImageDataset, build_val_loader, class_index, scan_image_folder
+from src.data_setup import capped_workers, eval_transform
+from src.engine import Precision, Trainer
+from src.errors import UserError
+from src.logging_utils import setup_logging
+from src.trained import TrainedModel, load_trained, method_parts
+
+EVAL_NAME = "eval.json"
+# Flags that may change how a checkpoint is evaluated (when given on the command line); every other flag
+# comes from the checkpoint.
+EVAL_FLAGS = ("data_path", "val_batch_size", "workers", "num_workers", "use_fp16", "use_bf16", "channels_last")
+
+
+class CheckpointEvaluator(Trainer):
+    """The engine's ``Trainer`` reduced to what ``validate`` reads: no training loaders, optimiser or resume."""
+
+    def __init__(self, args: argparse.Namespace, trained: TrainedModel, val_loader: Any,
+                 dist: distributed.DistInfo, logger: Any) -> None:  # noqa: no super().__init__: nothing to train
+        self.args, self.dist, self.device, self.logger = args, dist, dist.device, logger
+        self.method = trained.method
+        self.data = types.SimpleNamespace(val_loader=val_loader)
+        self.precision = Precision(args.use_fp16, args.use_bf16, dist.device)
+
+
+def given_flags(cli_args: argparse.Namespace, parser: argparse.ArgumentParser, names: tuple[str, ...]) -> dict:
+    """The flags among ``names`` that the command line set to something other than the default."""
+    defaults = vars(parser.parse_args([]))
+    return {name: getattr(cli_args, name) for name in names
+            if hasattr(cli_args, name) and getattr(cli_args, name) != defaults.get(name)}
+
+
+def val_dataset(data_path: str, trained: TrainedModel) -> ImageDataset:
+    """``DATA/val`` with the checkpoint's class order and eval preprocessing; its classes must be the model's."""
+    val_dir = os.path.join(data_path, "val")
+    if not os.path.isdir(val_dir):
+        raise UserError(f"{val_dir} does not exist: pass --data_path DATA with val/<class>/ folders "
+                        f"(the checkpoint's data path was {trained.args.data_path})")
+    found = sorted(class_index(val_dir))
+    if found != sorted(trained.classes):
+        missing, extra = sorted(set(trained.classes) - set(found)), sorted(set(found) - set(trained.classes))
+        raise UserError(f"the classes of {val_dir} are not the checkpoint's: missing {missing[:5]}, unknown "
+                        f"{extra[:5]}; pass the --data_path of the data the model was trained on")
+    class_to_idx = {name: index for index, name in enumerate(trained.classes)}
+    return ImageDataset(scan_image_folder(val_dir, class_to_idx), class_to_idx, eval_transform(trained.preprocessing))
+
+
+def evaluate_checkpoint(cli_args: argparse.Namespace, method_name: str) -> dict[str, Any]:
+    """Evaluate ``cli_args.evaluate`` on the val split; returns (and writes to eval.json) the stats."""
+    path = os.path.abspath(cli_args.evaluate)
+    parts = method_parts(method_name)
+    parser = parts.get_args_parser()
+    overrides = given_flags(cli_args, parser, EVAL_FLAGS)
+    output_dir = cli_args.output_dir if given_flags(cli_args, parser, ("output_dir",)) else os.path.dirname(path)
+    dist = distributed.init_distributed(cli_args.local_rank, cli_args.device)
+    try:
+        logger = setup_logging(output_dir, dist.rank, log_name="eval.log")
+        trained = load_trained(path, dist.device, expect_method=method_name,
+                               data_path=overrides.get("data_path"), overrides=overrides)
+        args = trained.args
+        config = parts.data_config(args)
+        dataset = val_dataset(args.data_path, trained)
+        loader = build_val_loader(dataset, config.val_batch_size, dist.rank, dist.world_size,
+                                  capped_workers(config.workers), pin_memory=dist.device.type == "cuda")
+        logger.info("evaluating %s (%s, epoch %d) on %d images of %s", path, method_name, trained.epoch,
+                    len(dataset), os.path.join(args.data_path, "val"))
+        stats = CheckpointEvaluator(args, trained, loader, dist, logger).validate()
+        results = {"checkpoint": path, "method": method_name, "epoch": trained.epoch,
+                   "data_path": args.data_path, "val_images": len(dataset), **stats}
+        if distributed.is_main_process():
+            report_path = os.path.join(output_dir, EVAL_NAME)
+            with open(report_path, "w") as handle:
+                json.dump(results, handle, indent=2)
+            print(format_table(stats, "teacher" if method_name == "daino" else "prototypes"))
+            print(f"wrote {report_path}")
+        return results
+    finally:
+        distributed.cleanup()
+
+
+def format_table(stats: dict[str, float], main_name: str) -> str:
+    """One line per head: ``head  top-1  top-5`` (the ``main`` head shown as ``main_name``)."""
+    heads = [key[: -len("_acc1")] for key in stats if key.endswith("_acc1")]
+    lines = [f"{'head':<16}{'top-1':>8}{'top-5':>8}"]
+    for head in heads:
+        name = main_name if head == "val" else head[len("val_"):]
+        lines.append(f"{name:<16}{stats[head + '_acc1']:>8.2f}{stats[head + '_acc5']:>8.2f}")
+    return "\n".join(lines)

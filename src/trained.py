@@ -1,0 +1,181 @@
+"""A trained model rebuilt from one of this project's checkpoints (the contract in ``src/checkpoint.py``).
+
+``load_trained(path)`` reads the file, rebuilds the method's networks from the flags stored in it (no
+training flags needed), loads the student and every kept network (Daino's teacher, Suave's momentum encoder)
+and returns them in eval mode with the class names and the evaluation preprocessing. ``--evaluate``,
+``src.predict`` and ``src.export`` start here.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import os
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from src.checkpoint import LAYOUT_VERSION, checkpoint_networks, read_checkpoint
+from src.data import class_index
+from src.errors import UserError
+
+# method name -> (module with the method class and data_config, method class, module with get_args_parser)
+METHODS = {"suave": ("suave.method", "SuaveMethod", "suave.args"),
+           "daino": ("daino.method", "DainoMethod", "daino.args")}
+ENTRY_POINTS = {"suave": "main_suave.py", "daino": "main_daino.py"}
+# flags that would read other files when the method is rebuilt: the weights come from the checkpoint instead
+_INIT_FLAGS = {"swav_init_ckpt": None, "dino_init_ckpt": None, "require_init_ckpt": False}
+
+
+@dataclass
+class MethodParts:
+    method_class: Callable[..., Any]
+    data_config: Callable[[argparse.Namespace], Any]
+    get_args_parser: Callable[[], argparse.ArgumentParser]
+
+
+def method_parts(name: str) -> MethodParts:
+    """The method class, its ``data_config`` and its flag parser, imported by method name."""
+    method_module, class_name, args_module = METHODS[name]
+    module = importlib.import_module(method_module)
+    return MethodParts(getattr(module, class_name), module.data_config,
+                       importlib.import_module(args_module).get_args_parser)
+
+
+def checkpoint_method(checkpoint: dict, where: str) -> str:
+    """``method_name`` of a checkpoint (layout 1: told by its flags), or UserError if it is not one of ours."""
+    name = checkpoint.get("method_name")
+    if name is None and isinstance(checkpoint.get("args"), dict):
+        args = checkpoint["args"]
+        name = "suave" if "swav_init_ckpt" in args else "daino" if "dino_init_ckpt" in args else None
+    if name not in METHODS:
+        raise UserError(f"{where} is not a checkpoint written by main_suave.py / main_daino.py (entries "
+                        f"{sorted(map(str, checkpoint))[:8]}); use EXP/checkpoint.pth of a run of this project "
+                        "(released SwAV/DINO files start a run: --swav_init_ckpt / --dino_init_ckpt)")
+    return name
+
+
+def method_args(checkpoint: dict, parts: MethodParts, overrides: dict[str, Any] | None = None) -> argparse.Namespace:
+    """The run's flags: the parser's defaults (flags added since the run), then the stored ones, then
+    ``overrides``; init-checkpoint flags off (the weights come from the checkpoint)."""
+    args = parts.get_args_parser().parse_args([])
+    for key, value in checkpoint["args"].items():
+        setattr(args, key, value)
+    for key, value in {**_INIT_FLAGS, **(overrides or {})}.items():
+        setattr(args, key, value)
+    return args
+
+
+@dataclass
+class TrainedModel:
+    """A method with its trained weights, in eval mode, and what evaluating it needs."""
+
+    path: str
+    method_name: str
+    method: Any  # src.method.Method
+    args: argparse.Namespace
+    classes: list[str]
+    preprocessing: dict  # {"resize", "crop", "mean", "std"}: src.data_setup.eval_transform
+    epoch: int
+    networks: dict[str, nn.Module]  # "student", "teacher" (when kept)
+
+    @property
+    def main_network(self) -> str:
+        """The network the method validates with: Daino's teacher, Suave's student."""
+        return "teacher" if self.method_name == "daino" else "student"
+
+    def eval_precision(self) -> Any:
+        """The engine's ``Precision`` for this run's flags (bf16 / fp16 autocast as validation runs them), so
+        that predictions equal ``--evaluate``'s. fp16 is CUDA-only (the engine ignores it on the CPU)."""
+        from src.engine import Precision  # the engine imports the whole training stack: only when needed
+
+        device = next(self.method.student.parameters()).device
+        return Precision(self.args.use_fp16 and device.type == "cuda", self.args.use_bf16, device)
+
+    def prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """A batch on the model's device and in its memory format (``--channels_last``), as validation does."""
+        images = images.to(next(self.method.student.parameters()).device, non_blocking=True)
+        return images.contiguous(memory_format=torch.channels_last) if self.args.channels_last else images
+
+    @property
+    def temperature(self) -> float:
+        """The softmax temperature of the training cross-entropy: probabilities are softmax(scores / T)."""
+        return float(self.args.temperature)
+
+
+def _classes(checkpoint: dict, data_path: str | None, where: str) -> list[str]:
+    """The stored class names; for a layout-1 checkpoint, the sorted folders of DATA/train (``data_path``, else
+    the run's own ``--data_path`` when it still exists)."""
+    if checkpoint.get("classes"):
+        return list(checkpoint["classes"])
+    stored = checkpoint["args"].get("data_path")
+    if data_path is None and stored and os.path.isdir(os.path.join(stored, "train")):
+        data_path = stored
+    if data_path is None:
+        raise UserError(f"{where} was written before checkpoint layout {LAYOUT_VERSION} and does not name its "
+                        "classes: pass --data_path DATA (the data it was trained on) to take them from DATA/train")
+    train_dir = os.path.join(data_path, "train")
+    if not os.path.isdir(train_dir):
+        raise UserError(f"{where} does not name its classes and {train_dir} does not exist: pass the --data_path "
+                        "the run was trained on (its train/<class>/ folders name the classes)")
+    return sorted(class_index(train_dir), key=class_index(train_dir).__getitem__)
+
+
+def load_trained(path: str, device: torch.device | str = "cpu", expect_method: str | None = None,
+                 data_path: str | None = None, overrides: dict[str, Any] | None = None) -> TrainedModel:
+    """Rebuild the method of checkpoint ``path`` with its weights on ``device``, in eval mode.
+
+    ``expect_method`` ("suave"/"daino"): refuse another method's checkpoint, naming the right entry point.
+    ``data_path`` names the classes of a layout-1 checkpoint (from ``DATA/train``; default: the run's own). ``overrides`` replace
+    stored flags (e.g. ``val_batch_size``).
+    """
+    checkpoint = read_checkpoint(path, flag="--checkpoint")
+    where = os.fspath(path)
+    name = checkpoint_method(checkpoint, where)
+    if expect_method is not None and name != expect_method:
+        raise UserError(f"{where} is a {name} checkpoint: evaluate it with python {ENTRY_POINTS[name]}")
+    parts = method_parts(name)
+    args = method_args(checkpoint, parts, overrides)
+    classes = _classes(checkpoint, data_path, where)
+    preprocessing = checkpoint.get("eval_preprocessing") or parts.data_config(args).eval_preprocessing()
+    device = torch.device(device)
+    memory_format = torch.channels_last if getattr(args, "channels_last", False) else torch.contiguous_format
+    method = parts.method_class(args, len(classes), device)
+    stored = checkpoint_networks(checkpoint)
+    networks = {"student": method.student, **method.kept_networks()}
+    for network_name, network in networks.items():
+        if network_name not in stored:
+            raise UserError(f"{where} lacks the {network_name!r} network its flags describe (it holds "
+                            f"{', '.join(sorted(stored)) or 'none'}): it is not a complete checkpoint of this project")
+        network.load_state_dict(stored[network_name])
+        network.to(device, memory_format=memory_format).eval()  # as the engine places them
+    return TrainedModel(where, name, method, args, classes, preprocessing, int(checkpoint.get("epoch", 0)), networks)
+
+
+class ClassScores(nn.Module):
+    """One network of a trained model as a classifier: normalised images (B, 3, H, W) -> scores / temperature.
+
+    The scores are what validation ranks (Suave: the prototypes' cosine scores; Daino: the head's outputs);
+    dividing by the training temperature makes ``softmax`` the class probabilities of the training loss.
+    """
+
+    def __init__(self, network: nn.Module, temperature: float) -> None:
+        super().__init__()
+        self.network = network
+        self.temperature = temperature
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.network([images])
+        scores = out.scores if hasattr(out, "scores") else out  # SwAVNetwork's output, or DINONetwork's logits
+        return scores / self.temperature
+
+
+def classifier(trained: TrainedModel, network_name: str | None = None) -> ClassScores:
+    """``ClassScores`` of network ``network_name`` (default: the one validation reports first, main_network)."""
+    name = network_name or trained.main_network
+    if name not in trained.networks:
+        raise UserError(f"{trained.path} has no {name!r} network; it holds: {', '.join(sorted(trained.networks))}. "
+                        f"Pass --checkpoint_key {trained.main_network}")
+    return ClassScores(trained.networks[name], trained.temperature).eval()
