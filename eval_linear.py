@@ -23,7 +23,7 @@ from src.args import bool_flag
 from src.cli import run_main
 from src.distributed import DistInfo
 from src.downstream.args import add_shared_args
-from src.downstream.backbone import build_pretrained_backbone
+from src.downstream.backbone import Pretrained
 from src.downstream.data import EvalData, build_eval_data
 from src.downstream.models import LinearProbe, frozen_features
 from src.downstream.runner import EvalTask, run_evaluation, wrap_ddp
@@ -61,8 +61,8 @@ def feature_shape(backbone: torch.nn.Module, args: argparse.Namespace, device: t
     return tuple(frozen_features(backbone, probe, args.global_pooling).shape[1:])
 
 
-def build_task(args: argparse.Namespace, dist: DistInfo, data: EvalData) -> EvalTask:
-    backbone, _ = build_pretrained_backbone(args)
+def build_task(args: argparse.Namespace, dist: DistInfo, data: EvalData, pretrained: Pretrained) -> EvalTask:
+    backbone, _ = pretrained
     backbone.to(dist.device).eval()
     for p in backbone.parameters():
         p.requires_grad = False

@@ -27,7 +27,7 @@ from src.args import bool_flag
 from src.cli import run_main
 from src.distributed import DistInfo
 from src.downstream.args import add_shared_args
-from src.downstream.backbone import build_pretrained_backbone, load_matching_head
+from src.downstream.backbone import Pretrained, load_matching_head
 from src.downstream.data import EvalData, build_eval_data
 from src.downstream.models import HEAD_PREFIX, FineTuneNetwork
 from src.downstream.runner import EvalTask, run_evaluation, wrap_ddp
@@ -97,11 +97,11 @@ def head_lr_scale(args: argparse.Namespace) -> float:
     return args.lr_last_layer / args.lr
 
 
-def build_task(args: argparse.Namespace, dist: DistInfo, data: EvalData) -> EvalTask:
+def build_task(args: argparse.Namespace, dist: DistInfo, data: EvalData, pretrained: Pretrained) -> EvalTask:
     if args.ensemble_eval:
         raise UserError("--ensemble_eval true is not supported: the release's eval_semisup builds that classifier "
                         "with 0 inputs; fine-tune without it")
-    backbone, checkpoint = build_pretrained_backbone(args)
+    backbone, checkpoint = pretrained
     model = FineTuneNetwork(backbone, args.hidden_mlp, data.num_classes)
     if checkpoint is not None and args.load_hidden_mlp:
         load_matching_head(model, checkpoint, args.checkpoint_key, HEAD_PREFIX)

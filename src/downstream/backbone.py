@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Optional, Tuple
 
 import torch
 from torch import nn
@@ -80,7 +80,10 @@ def check_arch(checkpoint: Mapping, args: argparse.Namespace, path: str) -> None
                               f"--patch_size {patch}: pass --patch_size {patch}")
 
 
-def build_pretrained_backbone(args: argparse.Namespace) -> tuple[nn.Module, dict | None]:
+Pretrained = Tuple[nn.Module, Optional[dict]]  # the backbone and the checkpoint it came from (None: random)
+
+
+def build_pretrained_backbone(args: argparse.Namespace) -> Pretrained:
     """The ``--arch`` backbone with the ``--pretrained`` weights, and the checkpoint read (None without one).
 
     An empty ``--pretrained`` trains from random weights, as the release (with a warning); a path that does not

@@ -32,6 +32,7 @@ from src.logging_utils import MetricLogger, StatsTable, Stopwatch, WandbRun, for
 from src.metrics import correct_topk
 from src.optim import apply_schedules
 
+from .backbone import Pretrained, build_pretrained_backbone
 from .data import EvalData
 
 LAYOUT = "suave-daino evaluation checkpoint v1"
@@ -53,10 +54,11 @@ class EvalTask:
 
 
 class EvalRunner:
-    """``EvalRunner(args, build_data, build_task).fit()``."""
+    """``EvalRunner(args, build_data, build_task).fit()``: ``build_task(args, dist, data, (backbone, checkpoint))``
+    gets the ``--pretrained`` backbone (built and checked before the data is scanned) and the checkpoint read."""
 
     def __init__(self, args: argparse.Namespace, build_data: Callable[[argparse.Namespace, Any], EvalData],
-                 build_task: Callable[[argparse.Namespace, Any, EvalData], EvalTask]) -> None:
+                 build_task: Callable[[argparse.Namespace, Any, EvalData, Pretrained], EvalTask]) -> None:
         self.args = args
         self.dist = distributed.init_distributed(args.local_rank, args.device)
         args.rank, args.world_size = self.dist.rank, self.dist.world_size
@@ -65,8 +67,9 @@ class EvalRunner:
         seed_everything(args.seed)  # the release's fix_random_seeds(args.seed): one seed on every rank
         self.device = self.dist.device
         self.precision = Precision(args.use_fp16, args.use_bf16, self.device)
+        pretrained = build_pretrained_backbone(args)  # before the data: a bad --pretrained fails at once
         self.data = build_data(args, self.dist)
-        self.task = build_task(args, self.dist, self.data)
+        self.task = build_task(args, self.dist, self.data, pretrained)
         self.checkpoint_path = os.path.join(args.output_dir, CHECKPOINT_NAME)
         self.epoch, self.best = 0, (0.0, 0.0)
         self.wandb_id: str | None = None
@@ -80,6 +83,8 @@ class EvalRunner:
     def _resume(self) -> None:
         if not os.path.isfile(self.checkpoint_path):
             self.logger.info("no %s in %s: starting at epoch 0", CHECKPOINT_NAME, self.args.output_dir)
+            if self.stats is not None:
+                self.stats.drop_from_epoch(0)  # rows of a run that died before its first checkpoint
             return
         ckpt = read_checkpoint(self.checkpoint_path)
         if ckpt.get("layout") != LAYOUT or ckpt.get("script") != self.task.name:
