@@ -112,7 +112,7 @@ def build_task(args: argparse.Namespace, dist: DistInfo, data: EvalData, pretrai
     what = f"the labels of {args.subset_file}" if args.subset_file else f"{args.labels_perc}% of labels"
     return EvalTask(
         name=NAME, model=model, forward=ddp, set_mode=model.train, optimizer=optimizer,
-        lr_schedule=lr_schedule(args, len(data.train_loader)),
+        lr_schedule=lr_schedule(args, data.iters_per_epoch),
         summary=lambda top1, top5: (f"Fine-tuning with {what} completed. "
                                     f"Test accuracies: top-1 {top1:.1f}, top-5 {top5:.1f}"))
 

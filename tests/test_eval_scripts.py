@@ -90,13 +90,15 @@ def test_eval_semisup_fine_tunes_and_records(tiny, tmp_path):
 
 def test_eval_linear_trains_only_the_classifier(tiny, tmp_path):
     out = tmp_path / "lin"
-    argv = linear_argv(tiny, out, "--epochs", "2", "--global_pooling", "false", "--use_bn", "true")
+    argv = linear_argv(tiny, out, "--epochs", "2", "--global_pooling", "false", "--use_bn", "true",
+                       "--max_iters_per_epoch", "2")  # 32 images in batches of 8: 4 iterations, capped at 2
     assert run(eval_linear, argv) == 0
     ckpt = read_checkpoint(str(out / "checkpoint.pth"))
     # cnn6 at 32 px: a 128 x 8 x 8 map, pooled 6x6 with stride 1 -> 128 x 3 x 3 inputs, BatchNorm2d first
     assert ckpt["model"]["linear.weight"].shape == (4, 128 * 3 * 3) and "bn.running_mean" in ckpt["model"]
     assert not any(key.startswith("backbone") for key in ckpt["model"])
-    assert "Top-1 test accuracy" in (out / "train.log").read_text()
+    log = (out / "train.log").read_text()
+    assert "Top-1 test accuracy" in log and "Epoch [1/2] [2/2]" in log and "[3/4]" not in log
     assert len(pd.read_csv(out / "stats.csv")) == 2
 
 

@@ -51,6 +51,8 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
                    help="(new) fp16 autocast with gradient scaling on CUDA (the release trains in fp32)")
     g.add_argument("--use_bf16", type=bool_flag, default=False, help="(new) bf16 autocast on CPU or GPU")
     g.add_argument("--log_freq", type=int, default=50, help="(new) log every N iterations (the release's 50)")
+    g.add_argument("--max_iters_per_epoch", type=int, default=0,
+                   help="(new) cap the training iterations of an epoch (0: one full pass, as the release)")
     g.add_argument("--stop_after_epochs", type=int, default=0,
                    help="(new) leave after this many epochs in this invocation; the same command resumes")
     g.add_argument("--wandb", type=bool_flag, default=False, help="whether to use wandb or not")

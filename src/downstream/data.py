@@ -28,6 +28,7 @@ class EvalData:
     train_loader: DataLoader
     val_loader: DataLoader
     class_names: list[str]
+    iters_per_epoch: int  # len(train_loader), or --max_iters_per_epoch when smaller
 
     @property
     def num_classes(self) -> int:
@@ -73,6 +74,7 @@ def build_eval_data(args: argparse.Namespace, dist: DistInfo, labelled_subset: b
                                            collate, pin_memory=pin, drop_last=drop_last)
     val_loader = build_val_loader(val, args.val_batch_size or args.batch_size, dist.rank, dist.world_size, workers,
                                   pin_memory=pin)
+    iters = min(len(train_loader), args.max_iters_per_epoch or len(train_loader))
     get_logger().info("data: %d classes, %d training images (%s), %d val images; %d iterations per epoch",
-                      len(classes), len(train), source, len(val), len(train_loader))
-    return EvalData(train_loader, val_loader, train.classes)
+                      len(classes), len(train), source, len(val), iters)
+    return EvalData(train_loader, val_loader, train.classes, iters)

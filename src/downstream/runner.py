@@ -169,8 +169,8 @@ class EvalRunner:
         task, loader, args = self.task, self.data.train_loader, self.args
         loader.sampler.set_epoch(epoch)
         task.set_mode(True)
-        meters, watch, total = MetricLogger(), Stopwatch(), len(loader)
-        for it, batch in enumerate(loader):
+        meters, watch, total = MetricLogger(), Stopwatch(), self.data.iters_per_epoch
+        for it, batch in zip(range(total), loader):
             batch = batch.to(self.device, non_blocking=True)
             data_time = watch.lap()
             iteration = epoch * total + it
