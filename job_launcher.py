@@ -18,6 +18,7 @@ import os
 import sys
 from typing import NoReturn
 
+from src.launch.entry import ENTRY_MODULES
 from src.launch.errors import LaunchError
 from src.launch.launcher import CODE_ROOT, execute, plan_new, plan_resume
 
@@ -40,7 +41,8 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     def add(*names: str, default: object = None, **kwargs: object) -> None:
         parser.add_argument(*names, default=argparse.SUPPRESS if suppress_defaults else default, **kwargs)
 
-    add("--method", default="suave", choices=["suave", "daino"], help="entry point the recipe runs (suave)")
+    add("--method", default="suave", choices=list(ENTRY_MODULES),
+        help="entry point the recipe runs (suave); eval_semisup / eval_linear: the evaluation scripts")
     add("--script_file", type=str, help="recipe (<method>/scripts/train_10perc.sh)")
     add("--data_dir", default="/data/datasets/imagenet", type=str,
         help="dataset root holding train/ and val/ (/data/datasets/imagenet)")

@@ -38,7 +38,7 @@ class Normalization:
 SWAV_NORMALIZATION = Normalization(IMAGENET_MEAN, SWAV_STD)
 DINO_NORMALIZATION = Normalization(IMAGENET_MEAN, DINO_STD)
 
-LABELLED_KINDS = ("standard", "light", "augment3")
+LABELLED_KINDS = ("standard", "light", "augment3", "plain")
 
 
 class MultiViewTransform:
@@ -138,6 +138,8 @@ def labelled_transform(kind: str = "standard", size: int = 224, normalization: N
     - ``augment3``: DeiT III 3-Augment, ``n_rep`` independent views per image (a list): RandomResizedCrop
       (or ``simple_crop``: resize + random crop with reflect padding 4), flip, one of {grayscale, solarize,
       blur} chosen uniformly, jitter (0.3, 0.3, 0.3).
+    - ``plain``: RandomResizedCrop(size), flip: the training transform of the release's ``eval_linear.py``
+      and ``eval_semisup.py`` (which adds the ``light`` jitter with ``--light_augment true``).
     """
     norm = normalization.transform()
     if kind == "standard":
@@ -147,6 +149,8 @@ def labelled_transform(kind: str = "standard", size: int = 224, normalization: N
     if kind == "light":
         return T.Compose([T.RandomResizedCrop(size, scale=(min_scale, 1.0)), T.RandomHorizontalFlip(),
                           T.RandomApply([T.ColorJitter(0.1, 0.1, 0.1, 0.1)], p=0.8), norm])
+    if kind == "plain":
+        return T.Compose([T.RandomResizedCrop(size, scale=(min_scale, 1.0)), T.RandomHorizontalFlip(), norm])
     if kind == "augment3":
         crop = simple_resized_crop(size) if simple_crop else T.RandomResizedCrop(size, scale=(min_scale, 1.0))
         one_of_three = T.RandomChoice([T.RandomGrayscale(p=1.0), RandomSolarize(p=1.0), RandomGaussianBlur(p=1.0)])

@@ -1,4 +1,5 @@
-"""The entry points (``main_suave.py``, ``main_daino.py``): where they are, loading them on demand, and checking
+"""The entry points (``main_suave.py``, ``main_daino.py``, and the evaluation scripts ``eval_semisup.py``,
+``eval_linear.py``): where they are, loading them on demand, and checking
 a flag list against their own ``get_args_parser()`` before anything is written or started."""
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from typing import Iterator, NoReturn
 from src.launch.errors import LaunchError
 from src.launch.script_file import Flag, flatten, is_flag
 
-ENTRY_MODULES = {"suave": "main_suave", "daino": "main_daino"}
+ENTRY_MODULES = {"suave": "main_suave", "daino": "main_daino", "eval_semisup": "eval_semisup",
+                 "eval_linear": "eval_linear"}
 
 
 def entry_script_path(entry_root: str, method: str) -> str:

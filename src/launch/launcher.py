@@ -150,6 +150,8 @@ def plan_new(opts: dict[str, Any], overrides: list[str], entry_root: str, launch
     method = opts["method"]
     opts["name"] = opts["name"] or method
     _check_numbers(opts)
+    if not opts["script_file"] and method.startswith("eval_"):
+        raise LaunchError(f"--method {method} needs --script_file, e.g. scripts/{method}*.sh")
     script_file = opts["script_file"] or os.path.join(entry_root, method, "scripts", "train_10perc.sh")
     script = read_script_file(script_file)
     expected = ENTRY_MODULES[method] + ".py"

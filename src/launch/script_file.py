@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 from src.launch.errors import LaunchError
 
-ENTRY_SCRIPTS = ("main_suave.py", "main_daino.py")
+ENTRY_SCRIPTS = ("main_suave.py", "main_daino.py", "eval_semisup.py", "eval_linear.py")
 
 # Flags whose values are file or folder paths: made absolute when they name something that exists here
 # (or are written ./x, ../x, ~/x), so a run started from another folder or on a compute node finds them.
-PATH_FLAG = re.compile(r"(_path|_dir|_ckpt|_file|_weights)$")
+PATH_FLAG = re.compile(r"(_path|_dir|_ckpt|_file|_weights|^pretrained)$")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,101 @@
+"""Linear classification on frozen features: the release's ``eval_linear.py`` (SwAV lineage) on this
+project's ``src/``.
+
+    python eval_linear.py --data_path /path/to/imagenet --pretrained swav_800ep_pretrain.pth.tar
+    python job_launcher.py --method eval_linear --script_file scripts/eval_linear.sh --data_dir DATA \\
+        --num_gpus 8 -- --pretrained EXP/checkpoint.pth --checkpoint_key teacher
+
+The backbone is frozen in eval mode (BatchNorm keeps its running statistics). The classifier (the release's
+``RegLog``) reads the globally pooled features (ViT: the CLS token), or with --global_pooling false the last
+feature map average-pooled 6x6 with stride 1 (then --use_bn adds a BatchNorm2d), and trains on the whole train
+split with SGD (momentum 0.9, --nesterov, --wd) and cross-entropy; its learning rate follows a per-epoch cosine
+(CosineAnnealingLR to --final_lr) or step (MultiStepLR at --decay_epochs, x --gamma) schedule.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import torch
+
+from src.args import bool_flag
+from src.cli import run_main
+from src.distributed import DistInfo
+from src.downstream.args import add_shared_args
+from src.downstream.backbone import Pretrained
+from src.downstream.data import EvalData, build_eval_data
+from src.downstream.models import LinearProbe, frozen_features
+from src.downstream.runner import EvalTask, run_evaluation, wrap_ddp
+from src.logging_utils import get_logger
+
+NAME = "eval_linear"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("Linear classification on frozen features", add_help=False)
+    g = parser.add_argument_group("classifier")
+    g.add_argument("--global_pooling", default=True, type=bool_flag,
+                   help="if True, we use the backbone's global average pooling (ViT: the CLS token)")
+    g.add_argument("--use_bn", default=False, type=bool_flag,
+                   help="optionally add a batchnorm layer before the linear classifier (without global pooling)")
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--epochs", default=100, type=int, help="number of total epochs to run")
+    g.add_argument("--batch_size", default=32, type=int, help="batch size per process")
+    g.add_argument("--lr", default=0.3, type=float, help="initial learning rate")
+    g.add_argument("--wd", default=1e-6, type=float, help="weight decay")
+    g.add_argument("--nesterov", default=False, type=bool_flag, help="nesterov momentum")
+    g.add_argument("--scheduler_type", default="cosine", type=str, choices=["step", "cosine"])
+    g.add_argument("--decay_epochs", type=int, nargs="+", default=[60, 80],
+                   help="Epochs at which to decay learning rate.")
+    g.add_argument("--gamma", type=float, default=0.1, help="decay factor")
+    g.add_argument("--final_lr", type=float, default=0, help="final learning rate")
+    add_shared_args(parser)
+    return parser
+
+
+@torch.no_grad()
+def feature_shape(backbone: torch.nn.Module, args: argparse.Namespace, device: torch.device) -> tuple[int, ...]:
+    """Shape of one sample of the probe's input at the training crop size."""
+    probe = torch.zeros(1, 3, args.crop_size, args.crop_size, device=device)
+    return tuple(frozen_features(backbone, probe, args.global_pooling).shape[1:])
+
+
+def build_task(args: argparse.Namespace, dist: DistInfo, data: EvalData, pretrained: Pretrained) -> EvalTask:
+    backbone, _ = pretrained
+    backbone.to(dist.device).eval()
+    for p in backbone.parameters():
+        p.requires_grad = False
+    if args.use_bn and args.global_pooling:
+        get_logger().warning("--use_bn applies with --global_pooling false only (as the release): no BatchNorm")
+    probe = LinearProbe(feature_shape(backbone, args, dist.device), data.num_classes, args.global_pooling,
+                        args.use_bn).to(dist.device)
+    ddp = wrap_ddp(probe, dist)
+    optimizer = torch.optim.SGD(probe.parameters(), lr=args.lr, nesterov=args.nesterov, momentum=0.9,
+                                weight_decay=args.wd)
+    if args.scheduler_type == "step":
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, args.decay_epochs, gamma=args.gamma)
+    else:
+        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, args.epochs, eta_min=args.final_lr)
+
+    def forward(images: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            features = frozen_features(backbone, images, args.global_pooling)
+        return ddp(features)
+
+    return EvalTask(
+        name=NAME, model=probe, forward=forward, set_mode=probe.train, optimizer=optimizer, scheduler=scheduler,
+        summary=lambda top1, top5: ("Training of the supervised linear classifier on frozen features completed. "
+                                    f"Top-1 test accuracy: {top1:.1f}"))
+
+
+def build_data(args: argparse.Namespace, dist: DistInfo) -> EvalData:
+    return build_eval_data(args, dist, labelled_subset=False, drop_last=False)
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    return run_evaluation(args, build_data, build_task)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(get_args_parser, main, NAME))

@@ -1,0 +1,130 @@
+"""Fine-tune a pretrained backbone on 1% / 10% of the labels (or any --subset_file): the release's
+``eval_semisup.py`` (SwAV lineage) on this project's ``src/``.
+
+    python eval_semisup.py --data_path /path/to/imagenet --pretrained swav_800ep_pretrain.pth.tar --labels_perc 1
+    python job_launcher.py --method eval_semisup --script_file scripts/eval_semisup_1perc.sh --data_dir DATA \\
+        --num_gpus 8 -- --pretrained EXP/checkpoint.pth --checkpoint_key teacher
+
+Network: backbone -> [Linear, BatchNorm1d, ReLU] per --hidden_mlp width -> Linear to the K classes; the hidden
+layers start from the checkpoint's projection head where names and shapes match (--load_hidden_mlp), the
+rest from scratch. Training: SGD (momentum 0.9, --wd) on every parameter, cross-entropy (with the release's
+Mixup/CutMix collate under --mixup), per-iteration learning rate: linear warm-up then cosine from --lr to
+--final_lr. As in the release, that schedule sets the lr of both parameter groups, so --lr_last_layer has no
+effect unless --apply_lr_last_layer true (then the head, the projection_head, gets schedule x lr_last_layer/lr).
+``--scheduler_type step`` is SwAV's original schedule: --lr (head: --lr_last_layer) times --gamma at each of
+--decay_epochs. Validation every epoch; the best top-1 (and its top-5) is reported.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import numpy as np
+import torch
+
+from src.args import bool_flag
+from src.cli import run_main
+from src.distributed import DistInfo
+from src.downstream.args import add_shared_args
+from src.downstream.backbone import Pretrained, load_matching_head
+from src.downstream.data import EvalData, build_eval_data
+from src.downstream.models import HEAD_PREFIX, FineTuneNetwork
+from src.downstream.runner import EvalTask, run_evaluation, wrap_ddp
+from src.errors import UserError
+from src.optim import cosine_schedule, param_groups
+
+NAME = "eval_semisup"
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser("Fine-tuning with 1% or 10% of the labels", add_help=False)
+    g = parser.add_argument_group("labels")
+    g.add_argument("--labels_perc", type=str, default="10", choices=["1", "10"],
+                   help="fine-tune on either 1%% or 10%% of labels (DATA/subsets/{1,10}percent.txt)")
+    g.add_argument("--subset_file", type=str, default=None,
+                   help="(new) list of labelled files ('<wnid>_<n>.JPEG' or '<class>/<file>'); overrides --labels_perc")
+    g = parser.add_argument_group("head")
+    g.add_argument("--hidden_mlp", default=[2048], type=int, nargs="+",
+                   help="hidden layer dimensions of the head (0: a linear classifier)")
+    g.add_argument("--load_hidden_mlp", type=bool_flag, default=True,
+                   help="load the head layers whose names and shapes match the checkpoint's projection head")
+    g.add_argument("--ensemble_eval", type=bool_flag, default=False, help="kept for the release's scripts: false only")
+    g.add_argument("--bn_ensemble", type=bool_flag, default=False, help="kept for the release's scripts")
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--epochs", default=50, type=int, help="number of total epochs to run")
+    g.add_argument("--batch_size", default=64, type=int, help="batch size per process")
+    g.add_argument("--lr", default=0.02, type=float, help="initial learning rate - trunk")
+    g.add_argument("--lr_last_layer", default=0.02, type=float, help="initial learning rate - head")
+    g.add_argument("--apply_lr_last_layer", type=bool_flag, default=None,
+                   help="(new) give the head --lr_last_layer (times the schedule); default: false with the "
+                        "release's cosine schedule (where it had no effect), true with SwAV's step schedule")
+    g.add_argument("--final_lr", type=float, default=0, help="final learning rate value (cosine)")
+    g.add_argument("--warmup_epochs", default=0, type=int, help="number of warmup epochs (cosine)")
+    g.add_argument("--wd", default=0., type=float, help="weight decay")
+    g.add_argument("--scheduler_type", default="cosine", type=str, choices=["cosine", "step"],
+                   help="(new here) cosine: the release's; step: SwAV's original MultiStepLR")
+    g.add_argument("--decay_epochs", type=int, nargs="+", default=[12, 16],
+                   help="(new here) epochs at which --scheduler_type step multiplies the lr by --gamma")
+    g.add_argument("--gamma", type=float, default=0.2, help="(new here) decay factor of --scheduler_type step")
+    g = parser.add_argument_group("augmentation")
+    g.add_argument("--mixup", type=bool_flag, default=False, help="whether to use mixup on labeled images")
+    g.add_argument("--mixup_type", type=str, default="extend", choices=["extend", "replace"],
+                   help="whether to extend or replace the batch with mixed imgs")
+    g.add_argument("--light_augment", type=bool_flag, default=False,
+                   help="color jitter (0.1, 0.1, 0.1, 0.1) with p = 0.8 after crop and flip")
+    add_shared_args(parser)
+    return parser
+
+
+def lr_schedule(args: argparse.Namespace, iters_per_epoch: int) -> np.ndarray:
+    """The trunk's learning rate at every iteration."""
+    if args.scheduler_type == "cosine":
+        return cosine_schedule(args.lr, args.final_lr, args.epochs, iters_per_epoch, args.warmup_epochs)
+    if args.warmup_epochs:
+        raise UserError("--warmup_epochs applies to --scheduler_type cosine only (SwAV's step schedule has none)")
+    epochs = np.arange(args.epochs * iters_per_epoch) // iters_per_epoch
+    decays = sum((epochs >= milestone).astype(np.int64) for milestone in args.decay_epochs)
+    return args.lr * args.gamma ** decays
+
+
+def head_lr_scale(args: argparse.Namespace) -> float:
+    apply = args.apply_lr_last_layer if args.apply_lr_last_layer is not None else args.scheduler_type == "step"
+    if not apply:
+        return 1.0
+    if args.lr <= 0:
+        raise UserError("--apply_lr_last_layer needs --lr > 0 (the head's lr is the schedule x lr_last_layer / lr)")
+    return args.lr_last_layer / args.lr
+
+
+def build_task(args: argparse.Namespace, dist: DistInfo, data: EvalData, pretrained: Pretrained) -> EvalTask:
+    if args.ensemble_eval:
+        raise UserError("--ensemble_eval true is not supported: the release's eval_semisup builds that classifier "
+                        "with 0 inputs; fine-tune without it")
+    backbone, checkpoint = pretrained
+    model = FineTuneNetwork(backbone, args.hidden_mlp, data.num_classes)
+    if checkpoint is not None and args.load_hidden_mlp:
+        load_matching_head(model, checkpoint, args.checkpoint_key, HEAD_PREFIX)
+    model.to(dist.device)
+    ddp = wrap_ddp(model, dist)
+    groups = param_groups(model, args.wd, no_decay_bias_and_norm=False, lr_overrides={HEAD_PREFIX: head_lr_scale(args)})
+    optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=0.9, weight_decay=args.wd)
+    what = f"the labels of {args.subset_file}" if args.subset_file else f"{args.labels_perc}% of labels"
+    return EvalTask(
+        name=NAME, model=model, forward=ddp, set_mode=model.train, optimizer=optimizer,
+        lr_schedule=lr_schedule(args, data.iters_per_epoch),
+        summary=lambda top1, top5: (f"Fine-tuning with {what} completed. "
+                                    f"Test accuracies: top-1 {top1:.1f}, top-5 {top5:.1f}"))
+
+
+def build_data(args: argparse.Namespace, dist: DistInfo) -> EvalData:
+    return build_eval_data(args, dist, labelled_subset=True, light_augment=args.light_augment,
+                           mixup=args.mixup_type if args.mixup else None, drop_last=True)
+
+
+def main(args: argparse.Namespace) -> dict[str, Any]:
+    return run_evaluation(args, build_data, build_task)
+
+
+if __name__ == "__main__":
+    sys.exit(run_main(get_args_parser, main, NAME))
