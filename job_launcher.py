@@ -9,7 +9,8 @@ for several GPUs) or submits to Slurm through submitit (multi-node, requeued on 
     python job_launcher.py --resume experiments/2024_01_01_00_00_00-repro_suave_10perc   # continue a run
 
 The experiment directory (``<base_experiment_dir>/<timestamp>-<name>`` unless --experiment_dir) receives a
-copy of the recipe, command.sh (the exact command, runnable by hand), args.json, env.json and launches.jsonl.
+copy of the recipe, command.sh (the exact command, runnable by hand), args.json, env.json and launches.jsonl;
+for Slurm also code/ (the checkout's tracked files at submission: the job and its requeues run from there).
 """
 from __future__ import annotations
 

@@ -25,7 +25,8 @@ from typing import Iterator
 PACKAGES = ("slurm-wlm", "munge")
 DAEMONS = ("munged", "slurmctld", "slurmd")
 CLIENTS = ("sbatch", "srun", "sinfo", "squeue", "scontrol", "scancel")
-PARTITION = "debug"
+PARTITION = "debug"  # the default partition, no time limit
+SHORT_PARTITION = "short"  # the same node, 10 minutes at most
 REQUEUE_DELAY_S = 5  # AuthInfo cred_expire: how long Slurm holds a requeued job (its default is 120 s)
 
 
@@ -121,6 +122,7 @@ def slurm_conf(folder: Path, node: str, cpus: int, memory_mb: int, ports: tuple[
         "SchedulerParameters=sched_interval=2",
         f"NodeName={node} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN",
         f"PartitionName={PARTITION} Nodes={node} Default=YES MaxTime=INFINITE State=UP",
+        f"PartitionName={SHORT_PARTITION} Nodes={node} MaxTime=10 State=UP",
         "",
     ])
 
@@ -189,7 +191,7 @@ def slurm_cluster(folder: str | os.PathLike, timeout: float = 90) -> Iterator[Cl
         def node_idle() -> bool:
             out = subprocess.run(["sinfo", "-h", "-N", "-o", "%t"], env=env, capture_output=True, text=True,
                                  timeout=30, check=False).stdout.split()
-            return out == ["idle"]
+            return bool(out) and set(out) == {"idle"}  # one line per partition of the node
 
         _wait_until(node_idle, "an idle node", timeout, logs, processes)
         yield Cluster(folder, PARTITION, node, cpus, memory_mb, env)

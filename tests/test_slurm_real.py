@@ -162,7 +162,9 @@ def test_submissions_no_node_can_run_or_with_broken_inputs_are_refused(slurm, in
     no_val = tmp_path / "no_val"
     (no_val / "train").mkdir(parents=True)
     cases = [
-        (["--partition", "gpu"], [], f"partition 'gpu' not found: this cluster has {slurm.partition}"),
+        (["--partition", "gpu"], [], f"partition 'gpu' not found: this cluster has {slurm.partition}, short"),
+        (["--partition", "short"], [], "partition short allows jobs of 10 minutes at most, this one asks for 4800 "
+                                       "(--hours): lower --hours"),
         (["--cpus_per_task", "10", "--mem_gb", "40", "--tasks_per_node", "1"], [],  # the launcher's defaults
          f"partition {slurm.partition} cannot run this job: it needs 1 node(s) with 1 task(s) x 10 CPU(s) = 10 "
          f"CPUs, 40 GB and 0 GPU(s) each, but 0 of its 1 node(s) have that (its nodes have at most {slurm.cpus} "
@@ -173,6 +175,7 @@ def test_submissions_no_node_can_run_or_with_broken_inputs_are_refused(slurm, in
         ([], ["--swav_init_ckpt", str(tmp_path / "missing.pth")],
          f"checkpoint file not found: {tmp_path / 'missing.pth'} (given by --swav_init_ckpt)"),
         (["--data_dir", str(no_val)], [], f"{no_val} has no val/ folder"),
+        ([], ["--subset_file", str(tmp_path / "none.txt")], f"--subset_file {tmp_path / 'none.txt'} does not exist"),
         ([], ["--wandb", "true"], "run `wandb login` first, or add -- --wandb_mode offline"),
     ]
     monkeypatch.delenv("WANDB_API_KEY", raising=False)

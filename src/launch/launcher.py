@@ -20,8 +20,9 @@ from src.launch.preflight import check_job_inputs
 from src.launch.script_file import (Flag, absolutize_paths, flatten, group_flags, merge_flags, missing_paths,
                                     read_script_file, without)
 from src.launch.slurm import (SUBMITIT_FOLDER, SlurmTrainer, check_partition_fits, check_slurm_tools,
-                              default_partition, job_setup_lines, sbatch_preview, slurm_parameters, submit)
-from src.launch.snapshot import SNAPSHOT_FOLDER, is_git_checkout, snapshot_code
+                              default_partition, job_setup_lines, sbatch_preview, slurm_parameters, submit,
+                              timeout_minutes)
+from src.launch.snapshot import SNAPSHOT_FOLDER, is_git_checkout, snapshot_code, untracked_sources
 
 CODE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OVERRIDES_SOURCE = "the overrides after --"
@@ -130,7 +131,8 @@ def _slurm_checks(opts: dict[str, Any], dry_run: bool, train_args: dict[str, Any
     if dry_run:
         return
     check_partition_fits(opts["partition"], nodes=opts["num_nodes"], tasks_per_node=tasks_per_node(opts),
-                         cpus_per_task=opts["cpus_per_task"], mem_gb=_mem_gb(opts), gpus_per_node=opts["num_gpus"])
+                         cpus_per_task=opts["cpus_per_task"], mem_gb=_mem_gb(opts), gpus_per_node=opts["num_gpus"],
+                         minutes=timeout_minutes(opts["hours"]))
     check_job_inputs(train_args)
 
 
@@ -372,6 +374,11 @@ def _submit(plan: Plan) -> int:
             print(f"job_launcher.py: warning: {CODE_ROOT} is not a git checkout: the job runs this folder's code "
                   "as it is when the job starts (no snapshot)", file=sys.stderr)
         elif not os.path.isdir(plan.code_snapshot):
+            left_out = untracked_sources(CODE_ROOT)
+            if left_out:
+                print(f"job_launcher.py: warning: untracked files are not in the job's code snapshot (git add them "
+                      f"to include them): {', '.join(left_out[:5])}{' ...' if len(left_out) > 5 else ''}",
+                      file=sys.stderr)
             snapshot_code(CODE_ROOT, plan.code_snapshot)
         job = submit(trainer, plan.submitit_folder, plan.slurm_params)
     except LaunchError:
@@ -385,5 +392,8 @@ def _submit(plan: Plan) -> int:
           f"partition {plan.options['partition']})")
     print(f"Logs: {job.stdout} (stdout) and {job.stderr} (stderr), one pair per task")
     print(f"Submission script: {job.submission_file}")
+    if plan.code_snapshot:
+        print(f"Code: {plan.code_snapshot} (the checkout's tracked files at the first submission; the job and its "
+              f"requeues run from there)")
     print(f"Checkpoints and training log: {plan.experiment_dir}")
     return 0

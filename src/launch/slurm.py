@@ -113,24 +113,42 @@ def _gpus_of(gres: str) -> int:
     return total
 
 
+def _limit_minutes(limit: str) -> float | None:
+    """sinfo's time limit (``infinite``, ``2-00:00:00``, ``4:00:00``, ``30:00`` = M:S, ``30``) in minutes."""
+    days, _, clock = limit.rpartition("-")
+    parts = clock.split(":")
+    if not all(p.isdigit() for p in parts + ([days] if days else [])):
+        return None  # infinite / UNLIMITED / n/a
+    if len(parts) == 1:
+        return int(days or 0) * 1440 + int(parts[0])
+    hours, minutes, seconds = [0] * (3 - len(parts)) + [int(p) for p in parts]
+    return int(days or 0) * 1440 + hours * 60 + minutes + seconds / 60
+
+
 def check_partition_fits(partition: str, *, nodes: int, tasks_per_node: int, cpus_per_task: int,
-                         mem_gb: float | None, gpus_per_node: int) -> None:
-    """Refuse a job that no node (or too few nodes) of ``partition`` can ever run: Slurm would keep it pending
-    forever (reason PartitionConfig/Resources) without a word. Skipped when sinfo cannot answer."""
-    listing = _sinfo("-N", "-p", partition, "-o", "%N|%c|%m|%G")
+                         mem_gb: float | None, gpus_per_node: int, minutes: int) -> None:
+    """Refuse a job that ``partition`` can never run (its time limit, or no node or too few nodes with the CPUs,
+    memory and GPUs): Slurm would keep it pending forever (reason PartitionConfig, PartitionTimeLimit) without a
+    word. Skipped when sinfo cannot answer."""
+    listing = _sinfo("-N", "-p", partition, "-o", "%N|%c|%m|%G|%l")
     if listing is None:
         return
-    sizes = {}
+    sizes, limit = {}, None
     for line in filter(None, (line.strip() for line in listing)):
         fields = line.split("|")
-        if len(fields) != 4 or not fields[1].rstrip("+").isdigit() or not fields[2].rstrip("+").isdigit():
+        if len(fields) != 5 or not fields[1].rstrip("+").isdigit() or not fields[2].rstrip("+").isdigit():
             return  # not the answer of a Slurm sinfo: nothing to check against
         sizes[fields[0]] = NodeSize(fields[0], int(fields[1].rstrip("+")), int(fields[2].rstrip("+")),
                                     _gpus_of(fields[3]))
+        limit = _limit_minutes(fields[4])
     if not sizes:
         known = sorted({line.strip().rstrip("*") for line in (_sinfo("-o", "%P") or []) if line.strip()})
         raise LaunchError(f"partition {partition!r} not found: this cluster has {', '.join(known) or 'none'} "
                           f"(give --partition NAME)")
+    if limit is not None and minutes > limit:
+        raise LaunchError(f"partition {partition} allows jobs of {limit:g} minutes at most, this one asks for "
+                          f"{minutes} (--hours): lower --hours (requeues continue a longer run) or choose another "
+                          f"--partition")
     cpus = tasks_per_node * cpus_per_task
     memory_mb = int(mem_gb * 1024) if mem_gb is not None else 0
     fitting = [n for n in sizes.values() if n.cpus >= cpus and n.memory_mb >= memory_mb and n.gpus >= gpus_per_node]

@@ -26,6 +26,12 @@ def is_git_checkout(repo_root: str) -> bool:
     return done.returncode == 0 and os.path.samefile(done.stdout.decode().strip(), repo_root)
 
 
+def untracked_sources(repo_root: str) -> list[str]:
+    """Python files git does not track (and does not ignore): a snapshot leaves them out."""
+    done = _git(repo_root, "ls-files", "--others", "--exclude-standard", "--", "*.py")
+    return done.stdout.decode().split() if done.returncode == 0 else []
+
+
 def snapshot_code(repo_root: str, destination: str) -> None:
     """Unpack the tracked files of ``repo_root`` (working-tree content) into ``destination`` (created)."""
     stash = _git(repo_root, "stash", "create")  # a commit of the working tree; empty output when clean
