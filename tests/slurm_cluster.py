@@ -160,6 +160,20 @@ def _wait_until(check, what: str, timeout: float, logs: list[Path], processes: l
     raise RuntimeError(f"Slurm test cluster: {what} not reached in {timeout:.0f} s\n{tails}")
 
 
+def cancel_all_jobs(env: dict[str, str], timeout: float = 30) -> None:
+    """scancel what is still queued or running on this cluster, so no job step outlives it."""
+    def queued() -> list[str]:
+        return subprocess.run(["squeue", "-h", "-o", "%i"], env=env, capture_output=True, text=True, timeout=30,
+                              check=False).stdout.split()
+
+    jobs = queued()
+    if jobs:
+        subprocess.run(["scancel", *jobs], env=env, capture_output=True, timeout=30, check=False)
+        deadline = time.time() + timeout
+        while queued() and time.time() < deadline:
+            time.sleep(0.5)
+
+
 @contextlib.contextmanager
 def slurm_cluster(folder: str | os.PathLike, timeout: float = 90) -> Iterator[Cluster]:
     """Start munged, slurmctld and slurmd under ``folder``, wait until the node is idle, yield, stop them."""
@@ -196,18 +210,22 @@ def slurm_cluster(folder: str | os.PathLike, timeout: float = 90) -> Iterator[Cl
         _wait_until(node_idle, "an idle node", timeout, logs, processes)
         yield Cluster(folder, PARTITION, node, cpus, memory_mb, env)
     finally:
+        if len(processes) == 3:
+            cancel_all_jobs(env)
         for process in reversed(processes):
             _stop(process)
 
 
-if __name__ == "__main__":  # pragma: no cover - the manual way: start a cluster and keep it until Ctrl-C
+if __name__ == "__main__":  # pragma: no cover - the manual way: start a cluster, keep it until Ctrl-C or kill
     import sys
 
     reason = unavailable_reason()
     if reason:
         sys.exit(reason)
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):  # also when started in the background (SIGINT ignored)
+        signal.signal(stop_signal, lambda *_: sys.exit(0))
     with slurm_cluster(sys.argv[1] if len(sys.argv) > 1 else "/tmp/suave-slurm") as running:
         print(f"cluster up: export SLURM_CONF={running.env['SLURM_CONF']}  (partition {running.partition}, "
-              f"{running.cpus} CPUs, {running.memory_mb} MB); Ctrl-C stops it", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
+              f"{running.cpus} CPUs, {running.memory_mb} MB); Ctrl-C or kill {os.getpid()} stops it", flush=True)
+        while True:
             signal.pause()

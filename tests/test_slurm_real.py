@@ -24,7 +24,7 @@ import torch
 import job_launcher
 from src.checkpoint import read_checkpoint
 from src.launch.snapshot import snapshot_code
-from tests.slurm_cluster import slurm_cluster, unavailable_reason
+from tests.slurm_cluster import cancel_all_jobs, slurm_cluster, unavailable_reason
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JOB_TIMEOUT_S = 240  # one job, start-up included, on a busy 2-core machine
@@ -64,11 +64,7 @@ def slurm(cluster, monkeypatch):
     monkeypatch.setenv("SLURM_CONF", cluster.env["SLURM_CONF"])
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     yield cluster
-    queued = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=30).stdout.split()
-    if queued:  # a failed test leaves nothing running for the next one
-        subprocess.run(["scancel", *queued], timeout=30, check=False)
-        wait_for(lambda: not subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip(),
-                 60, "an empty queue")
+    cancel_all_jobs(cluster.env)  # a failed test leaves nothing running for the next one
 
 
 @pytest.fixture(scope="module")
