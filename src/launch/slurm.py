@@ -1,12 +1,14 @@
 """Slurm through submitit: the job's resources, the callable every task runs, requeue on timeout/preemption.
 
-As DINO's ``run_with_submitit.py``: one task per GPU, the callable sets the distributed environment from
-submitit's ``JobEnvironment`` and calls the entry point's ``main(args)`` in-process; its ``checkpoint()`` hook
-returns a fresh copy of itself, which submitit requeues; the requeued job resumes from
+As DINO's ``run_with_submitit.py``: one task per GPU (CPU jobs: ``--tasks_per_node``), the callable sets the
+distributed environment with ``submitit.helpers.TorchDistributedEnvironment`` and calls the entry point's
+``main(args)`` in-process; its ``checkpoint()`` hook returns a fresh copy of itself, which submitit requeues when
+USR2 reaches the job's steps (``--signal=USR2@120`` before the time limit, or ``scancel --signal=USR2 JOBID``;
+with ``--batch`` only the batch shell gets it, dies, and the job fails unrequeued); the requeued job resumes from
 ``<output_dir>/checkpoint.pth`` (the entry point's auto-resume). Unlike the release's sbatch script, the time
 limit is given in minutes (``--hours`` x 60, the release passed bare hours to ``-t``, which Slurm reads as
 minutes), no conda environment is named (the job runs the Python that launched it) and the local rank comes
-from ``SLURM_LOCALID``.
+from ``SLURM_LOCALID``. Before submitting, ``check_partition_fits`` refuses what the partition can never run.
 """
 from __future__ import annotations
 
