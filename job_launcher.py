@@ -9,7 +9,8 @@ for several GPUs) or submits to Slurm through submitit (multi-node, requeued on 
     python job_launcher.py --resume experiments/2024_01_01_00_00_00-repro_suave_10perc   # continue a run
 
 The experiment directory (``<base_experiment_dir>/<timestamp>-<name>`` unless --experiment_dir) receives a
-copy of the recipe, command.sh (the exact command, runnable by hand), args.json, env.json and launches.jsonl.
+copy of the recipe, command.sh (the exact command, runnable by hand), args.json, env.json and launches.jsonl;
+for Slurm also code/ (the checkout's tracked files at submission: the job and its requeues run from there).
 """
 from __future__ import annotations
 
@@ -53,6 +54,8 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     add("--mode", default="local", choices=["local", "slurm"], help="run here or submit to Slurm (local)")
     add("--num_gpus", default=2, type=int, help="GPUs per node, one process each; 0: one CPU process (2)")
     add("--num_nodes", default=1, type=int, help="nodes; more than one needs --mode slurm (1)")
+    add("--tasks_per_node", type=int, help="Slurm tasks per node with --num_gpus 0: CPU processes (gloo) "
+                                           "(1; with GPUs one task per GPU)")
     add("--hours", default=80.0, type=float, help="Slurm time limit in hours, submitted as minutes (80)")
     add("--master_port", type=int, help="rendezvous port (local: a free one; Slurm: 10000 + the job id's "
                                         "last 4 digits)")

@@ -502,6 +502,57 @@ def test_preempted_job_requeues_and_the_requeued_job_resumes(fake_slurm, entry_r
     assert "requeuing main_suave with the same flags" in log
 
 
+def test_cpu_job_runs_gloo_tasks_from_a_snapshot_of_the_code(fake_slurm, entry_root, data_dir, recipe, base):
+    argv = slurm_argv(data_dir, recipe, base, "--partition", "cpu", "--num_gpus", "0", "--tasks_per_node", "2",
+                      "--cpus_per_task", "1", "--mem_gb", "2")
+    assert launch(argv, entry_root) == 0
+    exp = only_experiment(base)
+    script = (fake_slurm / "captured_submission.sh").read_text()
+    assert "#SBATCH --ntasks-per-node=2" in script and "#SBATCH --mem=2GB" in script and "gpus" not in script
+    code = os.path.join(exp, "code")  # the tracked files of the checkout, as they were at submission
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    assert sorted(p for p in tracked if os.path.exists(os.path.join(REPO, p))) == \
+        sorted(os.path.relpath(os.path.join(d, f), code) for d, _, fs in os.walk(code) for f in fs)
+    for path in ("job_launcher.py", "src/launch/slurm.py"):
+        assert open(os.path.join(code, path)).read() == open(os.path.join(REPO, path)).read()
+    assert f'export PYTHONPATH={code}:{entry_root}"' in script
+    git = json.load(open(os.path.join(exp, "env.json")))["git"]
+    assert set(git) == {"commit", "dirty", "branch", "diff"} and bool(git["diff"]) == git["dirty"]
+    done = run_job(exp, ntasks=2)
+    assert done.returncode == 0, done.stdout + done.stderr
+    records = sorted(calls(exp), key=lambda c: c["env"]["RANK"])
+    assert [(c["env"]["RANK"], c["env"]["WORLD_SIZE"]) for c in records] == [("0", "2"), ("1", "2")]
+    assert all(c["args"]["device"] == "cpu" for c in records)
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--tasks_per_node", "2", "--num_gpus", "4", "--mode", "slurm"], "only for CPU jobs (--mode slurm --num_gpus 0)"),
+    (["--tasks_per_node", "2", "--num_gpus", "0"], "only for CPU jobs (--mode slurm --num_gpus 0)"),
+    (["--tasks_per_node", "0", "--num_gpus", "0", "--mode", "slurm"], "at least 1"),
+])
+def test_tasks_per_node_is_for_cpu_slurm_jobs(extra, message, entry_root, data_dir, recipe, base, capsys):
+    line = error_of(["--data_dir", data_dir, "--script_file", recipe, "--base_experiment_dir", base,
+                     "--partition", "p", "--dry_run", *extra], entry_root, capsys)
+    assert message in line
+    assert_nothing_written(base)
+
+
+def test_slurm_submission_checks_the_job_inputs_first(fake_slurm, entry_root, data_dir, recipe, base, tmp_path,
+                                                      capsys):
+    argv = slurm_argv(data_dir, recipe, base, "--partition", "gpu", "--", "--swav_init_ckpt", str(tmp_path / "no.pth"))
+    line = error_of(argv, entry_root, capsys)
+    assert f"checkpoint file not found: {tmp_path / 'no.pth'} (given by --swav_init_ckpt)" in line
+    bad = tmp_path / "init.pth"
+    bad.write_bytes(b"not a checkpoint")
+    line = error_of(argv[:-1] + [str(bad)], entry_root, capsys)
+    assert f"checkpoint {bad} (given by --swav_init_ckpt)" in line and line.endswith("(checked at submission)")
+    os.rmdir(os.path.join(data_dir, "val"))
+    line = error_of(slurm_argv(data_dir, recipe, base, "--partition", "gpu"), entry_root, capsys)
+    assert f"{data_dir} has no val/ folder" in line
+    assert_nothing_written(base)
+    assert not (fake_slurm / "captured_submission.sh").exists()
+
+
 def test_slurm_resume_resubmits_with_new_resources(fake_slurm, entry_root, data_dir, recipe, base, capsys):
     assert launch(slurm_argv(data_dir, recipe, base, "--partition", "gpu", "--hours", "1"), entry_root) == 0
     exp = only_experiment(base)

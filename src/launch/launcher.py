@@ -16,10 +16,13 @@ from src.launch import records
 from src.launch.entry import ENTRY_MODULES, entry_script_path, load_entry_module, validate_flags
 from src.launch.errors import LaunchError
 from src.launch.local import local_program, run_local
+from src.launch.preflight import check_job_inputs
 from src.launch.script_file import (Flag, absolutize_paths, flatten, group_flags, merge_flags, missing_paths,
                                     read_script_file, without)
-from src.launch.slurm import (SUBMITIT_FOLDER, SlurmTrainer, check_slurm_tools, default_partition, job_setup_lines,
-                              sbatch_preview, slurm_parameters, submit)
+from src.launch.slurm import (SUBMITIT_FOLDER, SlurmTrainer, check_partition_fits, check_slurm_tools,
+                              default_partition, job_setup_lines, sbatch_preview, slurm_parameters, submit,
+                              timeout_minutes)
+from src.launch.snapshot import SNAPSHOT_FOLDER, is_git_checkout, snapshot_code, untracked_sources
 
 CODE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 OVERRIDES_SOURCE = "the overrides after --"
@@ -29,8 +32,9 @@ LAUNCHER_FLAGS = {"--data_path": "--data_dir", "--output_dir": "--experiment_dir
 # Launcher options a --resume may change: resources only, never what defines the experiment.
 RESUME_ADJUSTABLE = {"resume", "dry_run", "hours", "partition", "account", "qos", "constraint", "cpus_per_task",
                      "mem_gb", "master_port"}
-RECORDED_OPTIONS = ("name", "mode", "method", "num_gpus", "num_nodes", "hours", "data_dir", "base_experiment_dir",
-                    "partition", "account", "qos", "constraint", "cpus_per_task", "mem_gb", "master_port")
+RECORDED_OPTIONS = ("name", "mode", "method", "num_gpus", "num_nodes", "tasks_per_node", "hours", "data_dir",
+                    "base_experiment_dir", "partition", "account", "qos", "constraint", "cpus_per_task", "mem_gb",
+                    "master_port")
 
 
 @dataclass
@@ -49,6 +53,7 @@ class Plan:
     script_file: str | None = None
     overrides: list[str] = field(default_factory=list)
     slurm_params: dict[str, Any] | None = None
+    code_snapshot: str | None = None  # Slurm: <experiment>/code, where jobs run from (None outside a git checkout)
     warnings: list[str] = field(default_factory=list)
 
     @property
@@ -72,6 +77,12 @@ class Plan:
     def submitit_folder(self) -> str:
         return os.path.join(self.experiment_dir, SUBMITIT_FOLDER)
 
+    @property
+    def job_entry_root(self) -> str:
+        """The entry points a Slurm job imports: the snapshot's when they are the checkout's own."""
+        snapshot = self.code_snapshot
+        return snapshot if snapshot and self.entry_root == CODE_ROOT else self.entry_root
+
 
 # ------------------------------------------------------------------------------------------------ checks
 def _check_numbers(opts: dict[str, Any]) -> None:
@@ -89,6 +100,15 @@ def _check_numbers(opts: dict[str, Any]) -> None:
         raise LaunchError(f"--master_port must be a TCP port (1-65535), not {opts['master_port']}")
     if opts["mode"] == "local" and opts["num_nodes"] > 1:
         raise LaunchError(f"--num_nodes {opts['num_nodes']} needs --mode slurm: local mode runs on this machine only")
+    if opts.get("tasks_per_node") is not None and (opts["mode"] != "slurm" or opts["num_gpus"] > 0
+                                                   or opts["tasks_per_node"] < 1):
+        raise LaunchError(f"--tasks_per_node {opts['tasks_per_node']}: only for CPU jobs (--mode slurm --num_gpus 0), "
+                          "at least 1; with GPUs there is one task per GPU, locally use --num_gpus N -- --device cpu")
+
+
+def tasks_per_node(opts: dict[str, Any]) -> int:
+    """One task per GPU; CPU jobs: --tasks_per_node (1)."""
+    return opts["num_gpus"] if opts["num_gpus"] > 0 else (opts.get("tasks_per_node") or 1)
 
 
 def _check_data_dir(data_dir: str) -> None:
@@ -96,8 +116,9 @@ def _check_data_dir(data_dir: str) -> None:
         raise LaunchError(f"data directory not found: {data_dir} (give --data_dir, the folder holding train/ and val/)")
 
 
-def _slurm_checks(opts: dict[str, Any], dry_run: bool) -> None:
-    """Tools first (submitting needs them), then the partition (given, or the cluster's default)."""
+def _slurm_checks(opts: dict[str, Any], dry_run: bool, train_args: dict[str, Any]) -> None:
+    """Tools first (submitting needs them), then the partition (given, or the cluster's default), then (unless a
+    dry run) what a job would otherwise find out on a compute node: a node that fits, the job's inputs."""
     if opts["mode"] != "slurm":
         return
     if not dry_run:
@@ -107,6 +128,16 @@ def _slurm_checks(opts: dict[str, Any], dry_run: bool) -> None:
         if not opts["partition"]:
             raise LaunchError("--mode slurm needs a partition: give --partition NAME (or --host NAME); "
                               "this cluster reports no default partition")
+    if dry_run:
+        return
+    check_partition_fits(opts["partition"], nodes=opts["num_nodes"], tasks_per_node=tasks_per_node(opts),
+                         cpus_per_task=opts["cpus_per_task"], mem_gb=_mem_gb(opts), gpus_per_node=opts["num_gpus"],
+                         minutes=timeout_minutes(opts["hours"]))
+    check_job_inputs(train_args)
+
+
+def _mem_gb(opts: dict[str, Any]) -> float:
+    return opts["mem_gb"] if opts["mem_gb"] is not None else 40 * max(1, opts["num_gpus"])  # DINO's 40 GB per GPU
 
 
 def _launcher_flags(opts: dict[str, Any], experiment_dir: str) -> list[Flag]:
@@ -120,13 +151,18 @@ def _validated(flags: list[Flag], entry_root: str, method: str) -> dict[str, Any
     return json.loads(json.dumps(vars(namespace), default=str))
 
 
-def _slurm_params(opts: dict[str, Any], entry_root: str) -> dict[str, Any]:
-    gpus = opts["num_gpus"]
-    mem_gb = opts["mem_gb"] if opts["mem_gb"] is not None else 40 * max(1, gpus)  # DINO's 40 GB per GPU
-    return slurm_parameters(name=opts["name"], nodes=opts["num_nodes"], gpus_per_node=gpus, hours=opts["hours"],
-                            cpus_per_task=opts["cpus_per_task"], mem_gb=mem_gb, partition=opts["partition"],
-                            account=opts["account"], qos=opts["qos"], constraint=opts["constraint"],
-                            setup=job_setup_lines(CODE_ROOT, entry_root))
+def _prepare_slurm(plan: Plan) -> None:
+    """The snapshot folder and the sbatch parameters of a Slurm plan."""
+    if plan.mode != "slurm":
+        return
+    if is_git_checkout(CODE_ROOT):
+        plan.code_snapshot = os.path.join(plan.experiment_dir, SNAPSHOT_FOLDER)
+    opts = plan.options
+    plan.slurm_params = slurm_parameters(
+        name=opts["name"], nodes=opts["num_nodes"], gpus_per_node=opts["num_gpus"], tasks_per_node=tasks_per_node(opts),
+        hours=opts["hours"], cpus_per_task=opts["cpus_per_task"], mem_gb=_mem_gb(opts), partition=opts["partition"],
+        account=opts["account"], qos=opts["qos"], constraint=opts["constraint"],
+        setup=job_setup_lines(plan.code_snapshot or CODE_ROOT, plan.job_entry_root))
 
 
 def _training_flags(recipe: list[Flag], overrides: list[str], opts: dict[str, Any], experiment_dir: str,
@@ -166,13 +202,12 @@ def plan_new(opts: dict[str, Any], overrides: list[str], entry_root: str, launch
     records.check_new_experiment_dir(experiment_dir)
     flags = _training_flags(list(script.flags), overrides, opts, experiment_dir, cwd)
     train_args = _validated(flags, entry_root, method)
-    _slurm_checks(opts, opts["dry_run"])
+    _slurm_checks(opts, opts["dry_run"], train_args)
     plan = Plan(options={k: opts[k] for k in RECORDED_OPTIONS}, experiment_dir=experiment_dir,
                 entry_root=entry_root, entry_script=entry_script_path(entry_root, method), flags=flags,
                 train_args=train_args, resume=False, dry_run=opts["dry_run"], launcher_argv=launcher_argv,
                 script_file=script.path, overrides=list(overrides))
-    if plan.mode == "slurm":
-        plan.slurm_params = _slurm_params(plan.options, entry_root)
+    _prepare_slurm(plan)
     plan.warnings = [f"{item}: no such file or directory here (the run fails unless it exists where it runs)"
                      for item in missing_paths(flags[:-2])]
     return plan
@@ -196,7 +231,8 @@ def plan_resume(opts: dict[str, Any], explicit: set[str], overrides: list[str], 
     try:
         with open(record_path, encoding="utf-8") as handle:
             record = json.load(handle)
-        recorded = {k: record["launcher"][k] for k in RECORDED_OPTIONS}
+        recorded = {k: record["launcher"].get(k) if k == "tasks_per_node" else record["launcher"][k]
+                    for k in RECORDED_OPTIONS}
         tokens = list(record["train_flags"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise LaunchError(f"cannot read {record_path}: {exc}") from exc
@@ -205,13 +241,12 @@ def plan_resume(opts: dict[str, Any], explicit: set[str], overrides: list[str], 
     _check_data_dir(recorded["data_dir"])
     flags = group_flags(tokens, record_path)
     train_args = _validated(flags, entry_root, recorded["method"])
-    _slurm_checks(recorded, opts["dry_run"])
+    _slurm_checks(recorded, opts["dry_run"], train_args)
     plan = Plan(options=recorded, experiment_dir=experiment_dir, entry_root=entry_root,
                 entry_script=entry_script_path(entry_root, recorded["method"]), flags=flags,
                 train_args=train_args, resume=True, dry_run=opts["dry_run"], launcher_argv=launcher_argv,
                 script_file=record.get("script_file"), overrides=list(record.get("overrides", [])))
-    if plan.mode == "slurm":
-        plan.slurm_params = _slurm_params(plan.options, entry_root)
+    _prepare_slurm(plan)
     return plan
 
 
@@ -242,7 +277,7 @@ def command_text(plan: Plan) -> str:
         argv = plan.local_argv
         program = argv[: len(argv) - len(flatten(plan.flags))]
         return records.render_command_sh(program, flag_lines, plan.entry_root, comments)
-    tasks = plan.options["num_nodes"] * max(1, plan.options["num_gpus"])
+    tasks = plan.options["num_nodes"] * tasks_per_node(plan.options)
     comments = [f"suave-daino experiment {plan.experiment_dir}",
                 f"{plan.method}, Slurm, {plan.options['num_nodes']} node(s) x {plan.options['num_gpus']} GPU(s). "
                 "Running this file submits the experiment again (same directory, resumes from checkpoint.pth).",
@@ -332,10 +367,21 @@ def _dry_run(plan: Plan) -> int:
 
 
 def _submit(plan: Plan) -> int:
+    """Snapshot the code (first submission; a resume keeps the experiment's), then sbatch through submitit."""
     assert plan.slurm_params is not None
-    trainer = SlurmTrainer(plan.entry_root, ENTRY_MODULES[plan.method], flatten(plan.flags),
+    trainer = SlurmTrainer(plan.job_entry_root, ENTRY_MODULES[plan.method], flatten(plan.flags),
                            plan.options["master_port"])
     try:
+        if plan.code_snapshot is None:
+            print(f"job_launcher.py: warning: {CODE_ROOT} is not a git checkout: the job runs this folder's code "
+                  "as it is when the job starts (no snapshot)", file=sys.stderr)
+        elif not os.path.isdir(plan.code_snapshot):
+            left_out = untracked_sources(CODE_ROOT)
+            if left_out:
+                print(f"job_launcher.py: warning: untracked files are not in the job's code snapshot (git add them "
+                      f"to include them): {', '.join(left_out[:5])}{' ...' if len(left_out) > 5 else ''}",
+                      file=sys.stderr)
+            snapshot_code(CODE_ROOT, plan.code_snapshot)
         job = submit(trainer, plan.submitit_folder, plan.slurm_params)
     except LaunchError:
         if not plan.resume:
@@ -343,9 +389,13 @@ def _submit(plan: Plan) -> int:
         raise
     records.append_launch(plan.experiment_dir, _launch_entry(plan, job_id=job.job_id,
                                                              submission_file=job.submission_file))
-    print(f"Submitted job {job.job_id} ({plan.options['num_nodes']} node(s) x {plan.options['num_gpus']} GPU(s), "
-          f"{plan.slurm_params['time']} min, partition {plan.options['partition']})")
+    print(f"Submitted job {job.job_id} ({plan.options['num_nodes']} node(s) x {tasks_per_node(plan.options)} "
+          f"task(s), {plan.options['num_gpus']} GPU(s) per node, {plan.slurm_params['time']} min, "
+          f"partition {plan.options['partition']})")
     print(f"Logs: {job.stdout} (stdout) and {job.stderr} (stderr), one pair per task")
     print(f"Submission script: {job.submission_file}")
+    if plan.code_snapshot:
+        print(f"Code: {plan.code_snapshot} (the checkout's tracked files at the first submission; the job and its "
+              f"requeues run from there)")
     print(f"Checkpoints and training log: {plan.experiment_dir}")
     return 0

@@ -97,11 +97,15 @@ def _run_quiet(command: list[str], cwd: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def git_record(repo_root: str) -> dict[str, Any]:
+def git_record(repo_root: str, with_diff: bool = False) -> dict[str, Any]:
+    """The checkout's commit, branch and whether tracked files differ from it (``diff``: how, when asked)."""
     commit = _run_quiet(["git", "rev-parse", "HEAD"], repo_root)
     status = _run_quiet(["git", "status", "--porcelain", "--untracked-files=no"], repo_root)
-    return {"commit": commit, "dirty": bool(status) if status is not None else None,
-            "branch": _run_quiet(["git", "rev-parse", "--abbrev-ref", "HEAD"], repo_root)}
+    record = {"commit": commit, "dirty": bool(status) if status is not None else None,
+              "branch": _run_quiet(["git", "rev-parse", "--abbrev-ref", "HEAD"], repo_root)}
+    if with_diff:
+        record["diff"] = _run_quiet(["git", "diff", "--no-color", "HEAD"], repo_root) if status else ""
+    return record
 
 
 def installed_packages() -> list[str]:
@@ -140,7 +144,7 @@ def environment_record(repo_root: str) -> dict[str, Any]:
         "python": sys.version,
         "python_executable": sys.executable,
         **torch_record(),
-        "git": git_record(repo_root),
+        "git": git_record(repo_root, with_diff=True),
         "cwd": os.getcwd(),
         "slurm": {k: v for k, v in os.environ.items() if k.startswith("SLURM_")},
         "pip_freeze": installed_packages(),
