@@ -44,12 +44,14 @@ from typing import Any
 # `python -m src.data.make_subset` start without importing torch.
 _EXPORTS = {
     "collate": ["LabelledBatch", "LabelledCollate", "UnlabelledBatch", "UnlabelledCollate", "stack_labelled"],
-    "datasets": ["ImageDataset", "SemiSupervisedData", "build_datasets"],
+    "bad_images": ["BadImageTracker", "SkipBadImages", "SkippedCollate"],
+    "datasets": ["ImageDataset", "SemiSupervisedData", "build_datasets", "build_own_datasets"],
     "errors": ["DataError", "ImageLoadError"],
     "folders": ["check_same_classes", "class_index", "scan_image_folder"],
     "images": ["load_rgb"],
     "loaders": ["InfiniteLabelledLoader", "build_unlabelled_loader", "build_val_loader"],
     "mixup": ["MixParams", "apply_mix", "mixed_targets", "one_hot", "sample_mix_params"],
+    "sources": ["FileLists", "OwnDataSpec", "build_file_lists", "cached_file_lists", "scan_images"],
     "subsets": ["IMAGENET_SUBSET_SHA256", "fetch_imagenet_subset", "labelled_samples", "read_subset_entries",
                 "resolve_subset_file"],
     "synthetic": ["SyntheticPaths", "make_synthetic_imagefolder"],
