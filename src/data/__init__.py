@@ -54,7 +54,7 @@ _EXPORTS = {
     "sources": ["FileLists", "OwnDataSpec", "build_file_lists", "cached_file_lists", "scan_images"],
     "subsets": ["IMAGENET_SUBSET_SHA256", "fetch_imagenet_subset", "labelled_samples", "read_subset_entries",
                 "resolve_subset_file"],
-    "synthetic": ["SyntheticPaths", "make_synthetic_imagefolder"],
+    "synthetic": ["OwnLayoutPaths", "SyntheticPaths", "make_synthetic_imagefolder", "make_synthetic_own_layout"],
     "transforms": ["DINO_NORMALIZATION", "DINO_STD", "IMAGENET_MEAN", "SWAV_NORMALIZATION", "SWAV_STD",
                    "Normalization", "dino_multicrop", "labelled_transform", "swav_multicrop", "val_transform"],
 }

@@ -43,7 +43,8 @@ class SkipBadImages(Dataset):
             try:
                 item = self.dataset[j]
             except ImageLoadError as err:
-                reason = str(err.__cause__ or err).splitlines()[0]
+                cause = err.__cause__ or err
+                reason = f"{type(cause).__name__}: {cause}".splitlines()[0]
                 skipped.append(f"{self._path(j)}: {reason}")
                 continue
             return (*item, tuple(skipped))

@@ -85,6 +85,22 @@ class FileLists:
     val: list[tuple[str, int]] | None
     val_missing_classes: list[str] = field(default_factory=list)
 
+    def to_json(self) -> dict:
+        """Plain data; the unlabelled images as paths only (their known labels come back from ``labelled``)."""
+        return {"version": CACHE_VERSION, "classes": self.classes, "labelled": self.labelled,
+                "unlabelled": [p for p, _ in self.unlabelled], "val": self.val,
+                "val_missing_classes": self.val_missing_classes}
+
+    @classmethod
+    def from_json(cls, raw: dict) -> "FileLists":
+        if raw.get("version") != CACHE_VERSION:
+            raise ValueError(f"cache version {raw.get('version')}, expected {CACHE_VERSION}")
+        labelled = [(p, int(y)) for p, y in raw["labelled"]]
+        known = dict(labelled)
+        return cls(list(raw["classes"]), labelled, [(p, known.get(p, UNKNOWN_LABEL)) for p in raw["unlabelled"]],
+                   None if raw["val"] is None else [(p, int(y)) for p, y in raw["val"]],
+                   list(raw.get("val_missing_classes", [])))
+
 
 # ------------------------------------------------------------------------------------------- scanning
 def scan_images(root: str) -> list[str]:
@@ -101,25 +117,38 @@ def scan_images(root: str) -> list[str]:
 
 def _lines(path: str, flag: str) -> list[tuple[int, str]]:
     if not os.path.isfile(path):
-        raise DataError(f"{flag} {path} does not exist")
+        _missing(path, flag)
     with open(path, encoding="utf-8") as f:
         return [(n, s) for n, s in ((n, raw.strip()) for n, raw in enumerate(f, start=1)) if s and s[0] != "#"]
 
 
 def _resolve(base: str, path: str) -> str:
-    return os.path.normpath(os.path.join(base, os.path.expanduser(path)))
+    """``path`` made absolute against ``base``; cheap for the common clean relative path (a million of them)."""
+    if path.startswith("~"):
+        path = os.path.expanduser(path)
+    joined = path if path.startswith("/") else base + "/" + path
+    if "/." in joined or "//" in joined:
+        joined = os.path.normpath(joined)
+    return joined
 
 
 def read_path_list(path: str) -> list[str]:
     """Image paths of a list file, one a line (``#`` comments, blank lines skipped), relative to its folder."""
-    base = os.path.dirname(path)
-    return [_resolve(base, line) for _, line in _lines(path, "--unlab_list")]
+    if not os.path.isfile(path):
+        _missing(path, "--unlab_list")
+    base = os.path.dirname(os.path.abspath(path))
+    with open(path, encoding="utf-8") as f:
+        return [_resolve(base, line) for line in (raw.strip() for raw in f) if line and line[0] != "#"]
+
+
+def _missing(path: str, flag: str):
+    raise DataError(f"{flag} {path} does not exist")
 
 
 def read_labelled_csv(path: str, flag: str = "--lab_csv") -> list[tuple[str, str]]:
     """``(image path, class name)`` of each ``path,class`` line (the last comma splits, so paths may hold
     commas); a first line ``path,class`` is a header. Paths are relative to the file's folder."""
-    base = os.path.dirname(path)
+    base = os.path.dirname(os.path.abspath(path))
     rows = []
     for line_no, line in _lines(path, flag):
         image, sep, name = line.rpartition(",")
@@ -222,16 +251,12 @@ def cached_file_lists(spec: OwnDataSpec, cache_dir: str | None, rescan: bool = F
     if not rescan and os.path.isfile(path):
         try:
             with open(path, encoding="utf-8") as f:
-                raw = json.load(f)
-            lists = FileLists(raw["classes"], [tuple(x) for x in raw["labelled"]],
-                              [tuple(x) for x in raw["unlabelled"]],
-                              None if raw["val"] is None else [tuple(x) for x in raw["val"]],
-                              raw.get("val_missing_classes", []))
+                lists = FileLists.from_json(json.load(f))
             log.info("data: file lists read from %s (not rescanned; --rescan_data true scans again)", path)
             return lists
         except (OSError, ValueError, KeyError, TypeError) as err:
             log.warning("data: file list cache %s is unreadable (%s): scanning again", path, err)
     lists = scan(spec)
-    write_bytes_atomic(path, json.dumps(asdict(lists), separators=(",", ":")).encode("utf-8"))
+    write_bytes_atomic(path, json.dumps(lists.to_json(), separators=(",", ":")).encode("utf-8"))
     log.info("data: scanned the sources and cached the file lists in %s", path)
     return lists
