@@ -9,6 +9,12 @@ Layout and classes
     each raises ``DataError`` naming the path and the fix (a corrupt image names its file even from a
     DataLoader worker). Images are converted to RGB (grey -> 3 channels).
 
+Own data (``sources``, docs/data.md)
+    ``--unlab_dir``/``--unlab_list`` (no classes) + ``--lab_dir``/``--lab_csv`` (+ optional ``--val_dir``/``--val_csv``):
+    ``build_own_datasets`` gives the same three sets (``val`` may be None), classes = the labelled source's sorted
+    names; unlabelled images of unknown class have label -1. File lists cached by ``cached_file_lists``.
+    ``bad_images``: unreadable training images replaced by the next readable one, named in ``batch.skipped``.
+
 Labelled lists (``subsets``)
     ImageNet format ``n01440764_10026.JPEG`` (class = prefix before ``_``) or ``<class>/<file>``, per line.
     ``resolve_subset_file(data_path, labels_perc, subset_file)``: ``--subset_file`` as given, else
