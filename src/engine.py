@@ -415,7 +415,6 @@ class Trainer:
         self.last_good_checkpoint = self.checkpoint_path
         distributed.barrier()
 
-
     def _merge_bad_images(self) -> int:
         """Every rank's unreadable files, merged on every rank (collective); stops past the limit; the count."""
         if distributed.is_dist():

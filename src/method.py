@@ -99,9 +99,7 @@ class Method:
                 inputs.mixed_scores = list(scores[n_lab + b * n_views:].split(b))
                 inputs.mixed_targets = mixed_targets(list(targets.values()), unlab.mix_lams, unlab.mix_target_pairs)
             known = unlab.labels >= 0  # own data: -1 = an image of unknown class, left out of the accuracy
-            if bool(known.all()):
-                logs["pseudo_acc1"] = sum(accuracy(q, unlab.labels, (1,))[0] for q in targets.values()) / len(targets)
-            elif bool(known.any()):
+            if bool(known.any()):
                 logs["pseudo_acc1"] = sum(accuracy(q[known], unlab.labels[known], (1,))[0]
                                           for q in targets.values()) / len(targets)
         loss, terms = semisup_objective(inputs)

@@ -165,3 +165,21 @@ def test_tracker_counts_unique_files_and_stops_past_the_limit(own, tmp_path):
     resumed.load_state_dict({"/d/a.jpg": "truncated"})
     resumed.observe(["/d/a.jpg: truncated"])
     assert len(resumed.files) == 1
+
+
+def _meters_where_rank1_never_logs_pseudo_acc(rank: int, world: int) -> dict:
+    from src.logging_utils import MetricLogger
+    meters = MetricLogger()
+    meters.update(loss=1.0 + rank)
+    if rank == 0:  # rank 1 saw no unlabelled image of known class: it never logs pseudo_acc1
+        meters.update(pseudo_acc1=40.0)
+        meters.update(pseudo_acc1=60.0)
+    meters.synchronize()
+    return meters.global_averages()
+
+
+def test_a_meter_only_some_ranks_update_is_averaged_over_those_updates():
+    from tests.dist_helpers import run_in_processes
+    results = run_in_processes(_meters_where_rank1_never_logs_pseudo_acc, 2)
+    for averages in results:
+        assert averages["loss"] == pytest.approx(1.5) and averages["pseudo_acc1"] == pytest.approx(50.0)
