@@ -30,6 +30,27 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--subset_file", type=str, default=None,
                    help="(new) list of labelled files, one per line: ImageNet style '<wnid>_<n>.JPEG' or "
                         "'<class>/<file>'; overrides --labels_perc")
+    g.add_argument("--unlab_dir", type=str, nargs="+", default=None,
+                   help="(new) own data: folder(s) of unlabelled images, searched recursively, no class structure "
+                        "(with --lab_dir/--lab_csv; replaces DATA/train, see docs/data.md)")
+    g.add_argument("--unlab_list", type=str, nargs="+", default=None,
+                   help="(new) own data: file(s) listing unlabelled image paths, one a line (relative to the file)")
+    g.add_argument("--unlab_include_labelled", type=bool_flag, default=True,
+                   help="(new) own data: also train the unlabelled term on the labelled images (true: as the paper, "
+                        "whose unlabelled stream is the whole train set) or drop them from it (false)")
+    g.add_argument("--lab_dir", type=str, default=None,
+                   help="(new) own data: labelled images in class folders ROOT/<class>/<image>")
+    g.add_argument("--lab_csv", type=str, default=None,
+                   help="(new) own data: labelled images as 'path,class' lines (paths relative to the file)")
+    g.add_argument("--val_dir", type=str, default=None,
+                   help="(new) own data: validation images in class folders ROOT/<class>/<image> (optional)")
+    g.add_argument("--val_csv", type=str, default=None,
+                   help="(new) own data: validation images as 'path,class' lines (optional)")
+    g.add_argument("--rescan_data", type=bool_flag, default=False,
+                   help="(new) own data: scan the sources again instead of reading the cached file lists")
+    g.add_argument("--max_bad_images", type=int, default=100,
+                   help="(new) unreadable training images skipped (with a warning naming each) before the run "
+                        "stops with their list")
     g.add_argument("--mean", type=float, nargs=3, default=None,
                    help="(new) normalisation mean (default: ImageNet's)")
     g.add_argument("--std", type=float, nargs=3, default=None,

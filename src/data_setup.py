@@ -13,9 +13,12 @@ from typing import Callable, Iterator
 import torch
 from torch.utils.data import DataLoader
 
+from src import distributed
 from src.data import (IMAGENET_MEAN, InfiniteLabelledLoader, LabelledBatch, LabelledCollate, Normalization,
-                      UnlabelledBatch, UnlabelledCollate, build_datasets, build_unlabelled_loader,
-                      build_val_loader, dino_multicrop, labelled_transform, swav_multicrop, val_transform)
+                      OwnDataSpec, SemiSupervisedData, SkipBadImages, SkippedCollate, UnlabelledBatch,
+                      UnlabelledCollate, build_datasets, build_own_datasets, build_unlabelled_loader,
+                      build_val_loader, cached_file_lists, dino_multicrop, labelled_transform, swav_multicrop,
+                      val_transform)
 from src.distributed import DistInfo, local_world_size
 from src.errors import UserError
 from src.logging_utils import get_logger
@@ -47,6 +50,9 @@ class DataConfig:
     mixup_lab_prob: float
     train_mode: str
     max_iters_per_epoch: int
+    sources: OwnDataSpec = OwnDataSpec()  # own-data sources (docs/data.md); inactive: DATA/train + DATA/val
+    cache_dir: str | None = None  # where the own-data file lists are cached (the output directory)
+    rescan: bool = False
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, unlab_batch_size: int, lab_batch_size: int, workers: int,
@@ -64,7 +70,9 @@ class DataConfig:
             val_resize=args.val_resize or None, val_crop=args.val_crop or None,
             mixup_unlab=args.mixup_unlab_type if args.mixup_unlab else None,
             mixup_lab=args.mixup_lab_type if args.mixup_lab else None, mixup_lab_prob=args.mixup_lab_prob,
-            train_mode=args.train_mode, max_iters_per_epoch=args.max_iters_per_epoch)
+            train_mode=args.train_mode, max_iters_per_epoch=args.max_iters_per_epoch,
+            sources=OwnDataSpec.from_args(args), cache_dir=os.path.abspath(args.output_dir),
+            rescan=bool(getattr(args, "rescan_data", False)))
 
 
     def eval_preprocessing(self) -> dict:
@@ -108,6 +116,11 @@ class DataBundle:
     iters_per_epoch: int
     unlab_batch_size: int
 
+    @property
+    def class_names(self) -> list[str]:
+        """Class names in output order (index i = class_names[i]): what the checkpoint carries."""
+        return sorted(self.class_to_idx, key=self.class_to_idx.__getitem__)
+
     def epoch_batches(self, epoch: int, start_iter: int = 0
                       ) -> Iterator[tuple[LabelledBatch | None, UnlabelledBatch | None]]:
         """(labelled, unlabelled) batches of one epoch from ``start_iter`` on (either may be None by mode)."""
@@ -136,43 +149,64 @@ def capped_workers(requested: int) -> int:
 def build_data(cfg: DataConfig, dist: DistInfo) -> DataBundle:
     """Datasets and loaders for ``cfg.train_mode``: semisup (both streams), supervised (labelled only, the
     baseline), selfsup (unlabelled only). An epoch is one pass over the unlabelled data either way."""
-    if not os.path.isdir(cfg.data_path):
-        raise UserError(f"--data_path {cfg.data_path} does not exist: point it at a folder with train/<class>/ and "
-                        "val/<class>/ (e.g. `python -m src.data.fashion_mnist --out data/fashion-mnist`)")
     norm = cfg.normalization
     workers = capped_workers(cfg.workers)
     use_unlab, use_lab = cfg.train_mode != "supervised", cfg.train_mode != "selfsup"
-    data = build_datasets(
-        cfg.data_path,
-        unlabelled_transform=cfg.multicrop(cfg.unlab_normalization) if use_unlab else None,
-        labelled_transform=labelled_transform(cfg.lab_kind, size=cfg.lab_crop_size, normalization=norm,
-                                              simple_crop=cfg.simple_crop, min_scale=cfg.lab_min_scale),
-        val_transform=val_transform(cfg.val_resize, cfg.val_crop, normalization=norm),
-        labels_perc=cfg.labels_perc, subset_file=cfg.subset_file)
+    data = _datasets(cfg, dist, unlabelled_transform=cfg.multicrop(cfg.unlab_normalization) if use_unlab else None,
+                     labelled_transform=labelled_transform(cfg.lab_kind, size=cfg.lab_crop_size, normalization=norm,
+                                                           simple_crop=cfg.simple_crop, min_scale=cfg.lab_min_scale),
+                     val_transform=val_transform(cfg.val_resize, cfg.val_crop, normalization=norm))
     num_classes = len(data.class_to_idx)
     pin = dist.device.type == "cuda"
     unlab_loader = lab_loader = None
-    if use_unlab:
-        unlab_loader = build_unlabelled_loader(data.unlabelled, cfg.unlab_batch_size, dist.rank, dist.world_size,
-                                               cfg.seed, workers, UnlabelledCollate(mixup=cfg.mixup_unlab),
+    if use_unlab:  # unreadable images are skipped and reported (src.data.bad_images)
+        unlab_loader = build_unlabelled_loader(SkipBadImages(data.unlabelled), cfg.unlab_batch_size, dist.rank,
+                                               dist.world_size, cfg.seed, workers,
+                                               SkippedCollate(UnlabelledCollate(mixup=cfg.mixup_unlab)),
                                                pin_memory=pin)
         iters = len(unlab_loader)
     else:
         iters = len(data.unlabelled) // (cfg.unlab_batch_size * dist.world_size)
     if use_lab:
         lab_loader = InfiniteLabelledLoader(
-            data.labelled, cfg.lab_batch_size, dist.rank, dist.world_size, cfg.seed, workers,
-            LabelledCollate(num_classes=num_classes, mixup=cfg.mixup_lab, mixup_prob=cfg.mixup_lab_prob),
+            SkipBadImages(data.labelled), cfg.lab_batch_size, dist.rank, dist.world_size, cfg.seed, workers,
+            SkippedCollate(LabelledCollate(num_classes=num_classes, mixup=cfg.mixup_lab,
+                                           mixup_prob=cfg.mixup_lab_prob)),
             pin_memory=pin)
     if cfg.max_iters_per_epoch:
         iters = min(iters, cfg.max_iters_per_epoch)
     if iters == 0:
         raise UserError(f"{len(data.unlabelled)} training images make no batch of {cfg.unlab_batch_size} per "
                         f"process on {dist.world_size} process(es): lower the unlabelled batch size")
-    val_loader = build_val_loader(data.val, cfg.val_batch_size, dist.rank, dist.world_size, workers,
-                                  pin_memory=pin)
+    val_loader = None
+    if data.val is not None:
+        val_loader = build_val_loader(data.val, cfg.val_batch_size, dist.rank, dist.world_size, workers,
+                                      pin_memory=pin)
     get_logger().info("data: %d classes, %d unlabelled, %d labelled (%s), %d val images; %d iterations per epoch "
                       "(mode %s)", num_classes, len(data.unlabelled), len(data.labelled), data.subset_file,
-                      len(data.val), iters, cfg.train_mode)
+                      len(data.val) if data.val is not None else 0, iters, cfg.train_mode)
+    if data.val is None:
+        get_logger().info("no validation source (--val_dir / --val_csv): this run reports no validation accuracy")
+    elif data.val_missing_classes:
+        get_logger().warning("validation source has no image of class(es) %s: they are not evaluated; top-1/top-5 "
+                             "cover the other %d classes", ", ".join(data.val_missing_classes),
+                             num_classes - len(data.val_missing_classes))
     return DataBundle(unlab_loader, lab_loader, val_loader, num_classes, data.class_to_idx, iters,
                       cfg.unlab_batch_size)
+
+
+def _datasets(cfg: DataConfig, dist: DistInfo, unlabelled_transform, labelled_transform,
+              val_transform) -> SemiSupervisedData:
+    """Today's layout (``DATA/train`` + list + ``DATA/val``) or, when any own-data source is given, those
+    sources; rank 0 scans them and caches the file lists in the output directory, the other ranks read the cache."""
+    transforms = dict(unlabelled_transform=unlabelled_transform, labelled_transform=labelled_transform,
+                      val_transform=val_transform)
+    if cfg.sources.active:
+        lists = cached_file_lists(cfg.sources, cfg.cache_dir, cfg.rescan) if dist.rank == 0 else None
+        distributed.barrier()
+        return build_own_datasets(cfg.sources, cache_dir=cfg.cache_dir, lists=lists, **transforms)
+    if not os.path.isdir(cfg.data_path):
+        raise UserError(f"--data_path {cfg.data_path} does not exist: point it at a folder with train/<class>/ and "
+                        "val/<class>/ (e.g. `python -m src.data.fashion_mnist --out data/fashion-mnist`), or give "
+                        "your own sources (--unlab_dir/--unlab_list with --lab_dir/--lab_csv, see docs/data.md)")
+    return build_datasets(cfg.data_path, labels_perc=cfg.labels_perc, subset_file=cfg.subset_file, **transforms)

@@ -23,6 +23,7 @@ from torch import nn
 
 from src import distributed
 from src.checkpoint import LAYOUT_VERSION, checkpoint_networks, copy_snapshot, read_checkpoint, save_checkpoint_atomic
+from src.data.bad_images import BadImageTracker
 from src.data_setup import DataBundle, DataConfig, build_data
 from src.errors import TrainingDiverged
 from src.logging_utils import (MetricLogger, StatsTable, Stopwatch, WandbRun, format_seconds, get_logger,
@@ -172,6 +173,7 @@ class Trainer:
         self.checkpoint_path = os.path.join(args.output_dir, CHECKPOINT_NAME)
         self.last_good_checkpoint = self.checkpoint_path if os.path.isfile(self.checkpoint_path) else "none yet"
         self.stats = StatsTable(args.output_dir) if distributed.is_main_process() else None
+        self.bad_images = BadImageTracker(getattr(args, "max_bad_images", 100))
         self._resume()
         self.first_epoch = self.state.epoch  # the release's debug validation: modes of this run's first epoch
         self.wandb = WandbRun(args.wandb, args.wandb_project, args.wandb_entity, args.wandb_mode,
@@ -214,6 +216,7 @@ class Trainer:
             self.precision.scaler.load_state_dict(ckpt["scaler"])
         if self.data.lab_loader is not None and ckpt.get("lab_loader"):
             self.data.lab_loader.load_state_dict(ckpt["lab_loader"])
+        self.bad_images.load_state_dict(ckpt.get("bad_images"))
         rngs = ckpt.get("rng", {})
         if str(self.dist.rank) in rngs:
             set_rng_state(rngs[str(self.dist.rank)])
@@ -306,6 +309,8 @@ class Trainer:
         watch = Stopwatch()
         for it in range(start_it, total):
             lab, unlab = next(batches)
+            self.bad_images.observe([*(lab.skipped if lab is not None else ()),
+                                     *(unlab.skipped if unlab is not None else ())])
             cl = self.args.channels_last
             lab = lab.to(self.device, non_blocking=True, channels_last=cl) if lab is not None else None
             unlab = unlab.to(self.device, non_blocking=True, channels_last=cl) if unlab is not None else None
@@ -381,7 +386,11 @@ class Trainer:
                       finished: bool) -> None:
         if finished:
             self.state.epoch = epoch + 1
-        row = {"epoch": epoch, "iteration": self.state.iteration,
+        bad = self._merge_bad_images()
+        if bad:
+            self.logger.warning("%d unreadable image(s) skipped so far (limit --max_bad_images %d)", bad,
+                                self.bad_images.limit)
+        row = {"epoch": epoch, "iteration": self.state.iteration, "bad_images": bad,
                "elapsed_s": round(time.perf_counter() - self.started, 1),
                **{f"train_{k}": v for k, v in train_stats.items()}, **val_stats}
         if self.stats is not None:
@@ -399,6 +408,7 @@ class Trainer:
         method_state = self.method.state_dict()  # may gather across ranks: every rank calls it
         lab_state = self.data.lab_loader.state_dict() if self.data.lab_loader is not None else None
         rng = gather_rng_states()
+        self._merge_bad_images()
         if not distributed.is_main_process():
             distributed.barrier()
             return
@@ -420,10 +430,22 @@ class Trainer:
             "wandb_id": self.state.wandb_id,
             "world_size": self.dist.world_size,
             "args": plain_args(self.args),
+            "class_names": self.data.class_names,
+            "bad_images": self.bad_images.state_dict(),
         }
         save_checkpoint_atomic(state, self.checkpoint_path)
         self.last_good_checkpoint = self.checkpoint_path
         distributed.barrier()
+
+    def _merge_bad_images(self) -> int:
+        """Every rank's unreadable files, merged on every rank (collective); stops past the limit; the count."""
+        if distributed.is_dist():
+            parts: list[Any] = [None] * distributed.get_world_size()
+            torch.distributed.all_gather_object(parts, self.bad_images.state_dict())
+            for part in parts:
+                self.bad_images.files.update({k: v for k, v in part.items() if k not in self.bad_images.files})
+        self.bad_images.check(len(self.bad_images.files))
+        return len(self.bad_images.files)
 
 
 def gather_rng_states() -> dict[str, Any]:

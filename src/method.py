@@ -123,7 +123,10 @@ class Method:
                 inputs.mixed_scores = [scores[rows] for rows in mixed_rows]
                 inputs.mixed_targets = mixed_assignments(list(targets.values()), unlab.mix_lams,
                                                          unlab.mix_target_pairs)
-            logs["pseudo_acc1"] = sum(accuracy(q, unlab.labels, (1,))[0] for q in targets.values()) / len(targets)
+            known = unlab.labels >= 0  # own data: -1 = an image of unknown class, left out of the accuracy
+            if bool(known.any()):
+                logs["pseudo_acc1"] = sum(accuracy(q[known], unlab.labels[known], (1,))[0]
+                                          for q in targets.values()) / len(targets)
         loss, terms = semisup_objective(inputs)
         logs.update({k: v.detach() for k, v in terms.items()})
         return StepOutput(loss=loss, logs=logs)

@@ -69,6 +69,21 @@ def test_conversion_layout_pixels_and_lists(fake_source, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".fm.tmp")]
 
 
+def test_own_layout_splits_the_same_images_and_the_same_1_percent(fake_source, tmp_path):
+    folders = FM.convert_fashion_mnist(tmp_path / "fm", fake_source, processes=1, log=lambda *_: None)
+    own = FM.convert_fashion_mnist(tmp_path / "own", fake_source, processes=1, log=lambda *_: None, layout="own")
+    one = set((folders / "subsets" / "1percent.txt").read_text().split())
+    labelled = {p.name for p in (own / "labelled").rglob("*.png")}
+    assert labelled == one and all(p.parent.name == p.name.split("_")[0] for p in (own / "labelled").rglob("*.png"))
+    flat = sorted((own / "unlabelled").iterdir())
+    assert len(flat) == 200 - len(one) and all(p.is_file() for p in flat)
+    images = read_idx_reference(fake_source / "train-images-idx3-ubyte.gz")
+    assert np.array_equal(np.asarray(Image.open(flat[0])), images[int(flat[0].stem)])
+    assert not (own / "train").exists() and len(list((own / "val").rglob("*.png"))) == 30
+    with pytest.raises(DataError, match="in the 'own' layout, not 'imagefolder'"):
+        FM.convert_fashion_mnist(own, fake_source, log=lambda *_: None)
+
+
 def test_rerun_is_instant_and_touches_nothing(fake_source, tmp_path):
     out = FM.convert_fashion_mnist(tmp_path / "fm", fake_source, processes=2, log=lambda *_: None)
     marker_time = (out / FM.MARKER).stat().st_mtime_ns

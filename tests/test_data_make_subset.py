@@ -95,3 +95,22 @@ def test_module_command_runs(synthetic, tmp_path):
                             env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == 0, result.stderr
     assert len(out.read_text().split()) == 6
+
+
+def test_draw_from_an_own_labelled_source_only(tmp_path):
+    from src.data import make_synthetic_own_layout
+    from src.data.make_subset import main as make_subset_main
+    from src.data.sources import build_file_lists, OwnDataSpec
+    own = make_synthetic_own_layout(tmp_path / "own", num_classes=3, lab_per_class=4, unlab_per_class=6,
+                                    val_per_class=1, size=8)
+    out = tmp_path / "splits" / "half.csv"
+    assert make_subset_main(["--lab_dir", str(own.lab_dir), "--per_class", "2", "--seed", "0", "--out", str(out)]) == 0
+    lines = out.read_text().split()
+    assert lines[0] == "path,class" and len(lines) == 7
+    assert all(line.startswith("../own/lab/") for line in lines[1:])  # labelled images only, relative to the CSV
+    lists = build_file_lists(OwnDataSpec(lab_csv=str(out), unlab_dirs=(str(own.unlab_dir),)))
+    assert lists.classes == ["c0", "c1", "c2"] and len(lists.labelled) == 6
+    again = tmp_path / "again.csv"
+    assert make_subset_main(["--lab_csv", str(own.lab_csv), "--per_class", "2", "--seed", "0", "--out", str(again)]) == 0
+    assert sorted(build_file_lists(OwnDataSpec(lab_csv=str(again), unlab_dirs=(str(own.unlab_dir),))).labelled) == \
+        sorted(lists.labelled)

@@ -9,6 +9,12 @@ Layout and classes
     each raises ``DataError`` naming the path and the fix (a corrupt image names its file even from a
     DataLoader worker). Images are converted to RGB (grey -> 3 channels).
 
+Own data (``sources``, docs/data.md)
+    ``--unlab_dir``/``--unlab_list`` (no classes) + ``--lab_dir``/``--lab_csv`` (+ optional ``--val_dir``/``--val_csv``):
+    ``build_own_datasets`` gives the same three sets (``val`` may be None), classes = the labelled source's sorted
+    names; unlabelled images of unknown class have label -1. File lists cached by ``cached_file_lists``.
+    ``bad_images``: unreadable training images replaced by the next readable one, named in ``batch.skipped``.
+
 Labelled lists (``subsets``)
     ImageNet format ``n01440764_10026.JPEG`` (class = prefix before ``_``) or ``<class>/<file>``, per line.
     ``resolve_subset_file(data_path, labels_perc, subset_file)``: ``--subset_file`` as given, else
@@ -44,15 +50,17 @@ from typing import Any
 # `python -m src.data.make_subset` start without importing torch.
 _EXPORTS = {
     "collate": ["LabelledBatch", "LabelledCollate", "UnlabelledBatch", "UnlabelledCollate", "stack_labelled"],
-    "datasets": ["ImageDataset", "SemiSupervisedData", "build_datasets"],
+    "bad_images": ["BadImageTracker", "SkipBadImages", "SkippedCollate"],
+    "datasets": ["ImageDataset", "SemiSupervisedData", "build_datasets", "build_own_datasets"],
     "errors": ["DataError", "ImageLoadError"],
     "folders": ["check_same_classes", "class_index", "scan_image_folder"],
     "images": ["load_rgb"],
     "loaders": ["InfiniteLabelledLoader", "build_unlabelled_loader", "build_val_loader"],
     "mixup": ["MixParams", "apply_mix", "mixed_targets", "one_hot", "sample_mix_params"],
+    "sources": ["FileLists", "OwnDataSpec", "build_file_lists", "cached_file_lists", "scan_images"],
     "subsets": ["IMAGENET_SUBSET_SHA256", "fetch_imagenet_subset", "labelled_samples", "read_subset_entries",
                 "resolve_subset_file"],
-    "synthetic": ["SyntheticPaths", "make_synthetic_imagefolder"],
+    "synthetic": ["OwnLayoutPaths", "SyntheticPaths", "make_synthetic_imagefolder", "make_synthetic_own_layout"],
     "transforms": ["DINO_NORMALIZATION", "DINO_STD", "IMAGENET_MEAN", "SWAV_NORMALIZATION", "SWAV_STD",
                    "Normalization", "dino_multicrop", "labelled_transform", "swav_multicrop", "val_transform"],
 }

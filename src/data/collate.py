@@ -71,6 +71,7 @@ class LabelledBatch(_BatchMethods):
     targets: torch.Tensor  # (L,) long without mixup, else (L, K) float rows summing to 1
     labels: torch.Tensor  # (n_clean,) long: hard labels of rows [0, n_clean)
     n_clean: int  # rows [0, n_clean) are unmixed images (the online probes' rows)
+    skipped: list[str] = field(default_factory=list)  # unreadable images replaced in this batch (bad_images)
 
     @property
     def batch_size(self) -> int:
@@ -81,11 +82,12 @@ class LabelledBatch(_BatchMethods):
 @dataclass
 class UnlabelledBatch(_BatchMethods):
     views: list[torch.Tensor]  # each (B, C, H, W), in crop order, globals first
-    labels: torch.Tensor  # (B,) long, for logging pseudo-label accuracy only
+    labels: torch.Tensor  # (B,) long, for logging pseudo-label accuracy only; -1 = unknown (own data)
     mixed_views: list[torch.Tensor] = field(default_factory=list)
     mix_lams: list[float] = field(default_factory=list)
     mix_pairs: list[tuple[int, int]] = field(default_factory=list)  # (a, b): views mixed, b flipped
     mix_target_pairs: list[tuple[int, int]] = field(default_factory=list)  # assigned crops whose q to mix
+    skipped: list[str] = field(default_factory=list)  # unreadable images replaced in this batch (bad_images)
 
     @property
     def batch_size(self) -> int:

@@ -1,5 +1,7 @@
 """Datasets of a semi-supervised run: unlabelled = all of ``train``, labelled = a listed subset of
-``train``, val = ``val``; one class map (train's sorted folders) for all three.
+``train``, val = ``val``; one class map (train's sorted folders) for all three. Or, from your own separate
+sources (``build_own_datasets``, see ``src.data.sources``): the classes are the labelled source's and the
+validation set is optional.
 
 Items: ``(transform(image), label)`` where ``image`` is the RGB PIL image, so the unlabelled set with a
 multi-view transform gives ``(views: list[Tensor], label)``, the labelled set ``(image or list of
@@ -16,6 +18,7 @@ from torch.utils.data import Dataset
 
 from .folders import check_same_classes, class_index, scan_image_folder
 from .images import load_rgb
+from .sources import FileLists, OwnDataSpec, cached_file_lists
 from .subsets import labelled_samples, resolve_subset_file
 
 
@@ -46,9 +49,15 @@ class ImageDataset(Dataset):
 class SemiSupervisedData:
     unlabelled: ImageDataset
     labelled: ImageDataset
-    val: ImageDataset
+    val: ImageDataset | None  # None: no validation source (own data only)
     class_to_idx: dict[str, int]
-    subset_file: Path
+    subset_file: Path | str  # where the labelled images came from
+    val_missing_classes: tuple[str, ...] = ()  # classes with no validation image
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names in index order (what a checkpoint carries to name its outputs)."""
+        return sorted(self.class_to_idx, key=self.class_to_idx.__getitem__)
 
 
 def build_datasets(data_path: str, unlabelled_transform: Callable | None, labelled_transform: Callable | None,
@@ -67,3 +76,17 @@ def build_datasets(data_path: str, unlabelled_transform: Callable | None, labell
                               labelled=ImageDataset(labelled, classes, labelled_transform),
                               val=ImageDataset(scan_image_folder(val_dir, classes), classes, val_transform),
                               class_to_idx=classes, subset_file=subset)
+
+
+def build_own_datasets(spec: OwnDataSpec, unlabelled_transform: Callable | None, labelled_transform: Callable | None,
+                       val_transform: Callable | None, cache_dir: str | None = None, rescan: bool = False,
+                       lists: FileLists | None = None) -> SemiSupervisedData:
+    """The three sets from separate sources (``src.data.sources``); file lists cached in ``cache_dir``."""
+    if lists is None:
+        lists = cached_file_lists(spec, cache_dir, rescan)
+    classes = {name: i for i, name in enumerate(lists.classes)}
+    val = ImageDataset(lists.val, classes, val_transform) if lists.val is not None else None
+    return SemiSupervisedData(unlabelled=ImageDataset(lists.unlabelled, classes, unlabelled_transform),
+                              labelled=ImageDataset(lists.labelled, classes, labelled_transform),
+                              val=val, class_to_idx=classes, subset_file=spec.lab_dir or spec.lab_csv or "",
+                              val_missing_classes=tuple(lists.val_missing_classes))

@@ -12,6 +12,15 @@ not), or ``--download`` (torchvision's ``FashionMNIST`` downloader, needs intern
     OUT/subsets/1percent.txt, 10percent.txt 600 / 6,000 train names (ImageNet format), balanced per
                                             class, seeded; the 1% list is inside the 10% list
 
+``--layout own`` writes the same images as your own data would be laid out (docs/data.md) instead:
+
+    OUT/labelled/<class>/<class>_<index>.png  the 600 images of the 1% list (same seed, same images)
+    OUT/unlabelled/<index>.png                the other 59,400 train images, flat, no class in path or name
+    OUT/val/<class>/<class>_<index>.png       10,000 (the t10k split)
+
+trained with ``--lab_dir OUT/labelled --unlab_dir OUT/unlabelled --val_dir OUT/val`` (the unlabelled stream
+then holds the labelled images too, as ``--labels_perc 1`` on the ImageFolder layout: the same 60,000 images).
+
 Folder names (no ``_``, so the ImageNet list format maps a name to its class): label 0-9 of the IDX
 files = tshirt, trouser, pullover, dress, coat, sandal, shirt, sneaker, bag, ankleboot; the training
 class index is the folder's position in sorted order, as for any ImageFolder. The conversion is written
@@ -45,6 +54,7 @@ SPLIT_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 SPLIT_SIZES = {"train": 60000, "val": 10000}
 SUBSET_PERCENTS = (1, 10)
 MARKER = ".fashion_mnist_complete.json"
+LAYOUTS = ("imagefolder", "own")
 INSTALL_HINT = ("install Debian's package (`sudo apt-get install dataset-fashion-mnist`, files in "
                 f"{DEFAULT_SOURCE}), give a folder holding the four IDX files with --source PATH, or pass --download "
                 "(needs internet)")
@@ -133,11 +143,33 @@ def is_converted(out: str | os.PathLike) -> bool:
     return (Path(out) / MARKER).is_file()
 
 
+def _own_layout_jobs(root: Path, images: np.ndarray, labels: np.ndarray, labelled: set[str],
+                     chunk: int = 2500) -> list:
+    """PNG jobs of ``--layout own``: the listed images into labelled/<class>/, the rest flat into unlabelled/."""
+    jobs = []
+    for c, name in enumerate(CLASS_NAMES):
+        folder = root / "labelled" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        index = [i for i in np.nonzero(labels == c)[0] if f"{name}_{i}.png" in labelled]
+        jobs.append((str(folder), [f"{name}_{i}.png" for i in index], images[index]))
+    (root / "unlabelled").mkdir(parents=True, exist_ok=True)
+    rest = np.array([i for i in range(len(labels)) if f"{CLASS_NAMES[labels[i]]}_{i}.png" not in labelled], dtype=int)
+    for start in range(0, len(rest), chunk):
+        part = rest[start:start + chunk]
+        jobs.append((str(root / "unlabelled"), [f"{i:05d}.png" for i in part], images[part]))
+    return jobs
+
+
 def convert_fashion_mnist(out: str | os.PathLike, source: str | os.PathLike | None = None, download: bool = False,
-                          processes: int = 2, seed: int = 0, log=print) -> Path:
+                          processes: int = 2, seed: int = 0, log=print, layout: str = "imagefolder") -> Path:
     """Convert once into ``out`` (see the module docstring); returns ``out``. Instant when already done."""
     out = Path(out)
+    if layout not in LAYOUTS:
+        raise DataError(f"--layout {layout!r}: expected one of {', '.join(LAYOUTS)}")
     if is_converted(out):
+        done = json.loads((out / MARKER).read_text()).get("layout", "imagefolder")
+        if done != layout:
+            raise DataError(f"{out} holds Fashion-MNIST in the {done!r} layout, not {layout!r}: choose another --out")
         log(f"{out} already holds the converted Fashion-MNIST (marker {MARKER}); nothing to do")
         return out
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -158,7 +190,16 @@ def convert_fashion_mnist(out: str | os.PathLike, source: str | os.PathLike | No
         started = time.time()
         splits = {split: load_split(src, split) for split in SPLIT_FILES}
         data = tmp / "data"
-        jobs = [job for split, (images, labels) in splits.items() for job in _png_jobs(data, split, images, labels)]
+        _, train_labels = splits["train"]
+        files_by_class = {name: [f"{name}_{i}.png" for i in np.nonzero(train_labels == c)[0]]
+                          for c, name in enumerate(CLASS_NAMES)}
+        chosen = {percent: select_balanced(files_by_class, percent=percent, seed=seed) for percent in SUBSET_PERCENTS}
+        if layout == "own":
+            labelled = {f for files in chosen[1].values() for f in files}
+            jobs = _own_layout_jobs(data, *splits["train"], labelled) + _png_jobs(data, "val", *splits["val"])
+        else:
+            jobs = [job for split, (images, labels) in splits.items()
+                    for job in _png_jobs(data, split, images, labels)]
         if processes > 1:
             context = multiprocessing.get_context("fork" if "fork" in multiprocessing.get_all_start_methods()
                                                   else "spawn")
@@ -166,15 +207,12 @@ def convert_fashion_mnist(out: str | os.PathLike, source: str | os.PathLike | No
                 written = sum(pool.imap_unordered(_write_pngs, jobs))
         else:
             written = sum(map(_write_pngs, jobs))
-        _, train_labels = splits["train"]
-        files_by_class = {name: [f"{name}_{i}.png" for i in np.nonzero(train_labels == c)[0]]
-                          for c, name in enumerate(CLASS_NAMES)}
         subsets = {}
-        for percent in SUBSET_PERCENTS:
-            lines = subset_lines(select_balanced(files_by_class, percent=percent, seed=seed), fmt="imagenet")
+        for percent in SUBSET_PERCENTS if layout == "imagefolder" else ():
+            lines = subset_lines(chosen[percent], fmt="imagenet")
             write_lines_atomic(data / "subsets" / f"{percent}percent.txt", lines)
             subsets[f"{percent}percent.txt"] = len(lines)
-        record = {"source": str(src), "seed": seed, "classes": list(CLASS_NAMES), "subsets": subsets,
+        record = {"source": str(src), "seed": seed, "layout": layout, "classes": list(CLASS_NAMES), "subsets": subsets,
                   **{split: len(labels) for split, (_, labels) in splits.items()}}
         write_bytes_atomic(data / MARKER, json.dumps(record, indent=1).encode())
         if out.exists():
@@ -184,7 +222,8 @@ def convert_fashion_mnist(out: str | os.PathLike, source: str | os.PathLike | No
         except OSError:
             if not is_converted(out):  # another conversion may have finished first
                 raise
-        log(f"wrote {written} images and the 1%/10% lists to {out} in {time.time() - started:.1f} s")
+        what = "and the 1%/10% lists" if layout == "imagefolder" else "(600 labelled in class folders, the rest flat)"
+        log(f"wrote {written} images {what} to {out} in {time.time() - started:.1f} s")
         return out
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -199,9 +238,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--download", action="store_true", help="download with torchvision (needs internet)")
     parser.add_argument("--processes", type=int, default=2, help="processes writing PNGs")
     parser.add_argument("--seed", type=int, default=0, help="seed of the labelled lists")
+    parser.add_argument("--layout", choices=LAYOUTS, default="imagefolder",
+                        help="imagefolder: train/<class>/ + val/<class>/ + subsets/; own: the 1%% labelled images in "
+                             "labelled/<class>/, the other 59,400 flat in unlabelled/, val/<class>/ (docs/data.md)")
     args = parser.parse_args(argv)
     try:
-        convert_fashion_mnist(args.out, args.source, args.download, args.processes, args.seed)
+        convert_fashion_mnist(args.out, args.source, args.download, args.processes, args.seed, layout=args.layout)
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

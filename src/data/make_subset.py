@@ -2,6 +2,11 @@
 
     python -m src.data.make_subset --data_path DATA --percent 1 --seed 0 --out DATA/subsets/1percent.txt
     python -m src.data.make_subset --data_path DATA --per_class 25 --seed 0 --out my_split.txt
+    python -m src.data.make_subset --lab_dir LABELLED --percent 10 --seed 0 --out labelled_10.csv
+
+From an own-data labelled source (``--lab_dir ROOT`` of class folders or ``--lab_csv FILE`` of ``path,class``
+lines, docs/data.md) the list is drawn from the labelled images only (never from unlabelled ones) and written
+as a ``path,class`` CSV for ``--lab_csv``, paths relative to the CSV's folder.
 
 ``--percent p`` keeps ``round(p% of n_c)`` images (at least one) of each class c: a stratified sample, so
 the classes keep their share of the data, as in the ImageNet 1%/10% lists. ``--per_class n`` keeps exactly
@@ -22,6 +27,7 @@ import numpy as np
 
 from .errors import DataError
 from .folders import class_index, scan_image_folder
+from .sources import read_class_folders, read_labelled_csv
 from .fileio import write_lines_atomic
 
 
@@ -73,13 +79,28 @@ def make_subset(data_path: str, *, percent: float | None = None, per_class: int 
     return subset_lines(select_balanced(files_by_class, percent=percent, per_class=per_class, seed=seed), fmt)
 
 
+def make_subset_from_source(lab_dir: str | None = None, lab_csv: str | None = None, *, out: str,
+                            percent: float | None = None, per_class: int | None = None, seed: int = 0) -> list[str]:
+    """``path,class`` lines (header first) of a balanced draw from a labelled source, paths relative to ``out``."""
+    rows = read_class_folders(lab_dir, "--lab_dir") if lab_dir else read_labelled_csv(lab_csv)
+    files_by_class: dict[str, list[str]] = {}
+    for path, name in rows:
+        files_by_class.setdefault(name, []).append(path)
+    chosen = select_balanced(files_by_class, percent=percent, per_class=per_class, seed=seed)
+    base = os.path.dirname(os.path.abspath(out))
+    return ["path,class"] + [f"{os.path.relpath(path, base)},{name}" for name in sorted(chosen) for path in chosen[name]]
+
+
 def write_subset(lines: list[str], out: str | os.PathLike) -> Path:
     return write_lines_atomic(out, lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m src.data.make_subset", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data_path", required=True, help="dataset root holding train/<class>/<image>")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data_path", help="dataset root holding train/<class>/<image>")
+    source.add_argument("--lab_dir", help="own data: labelled class folders ROOT/<class>/<image> (writes a CSV)")
+    source.add_argument("--lab_csv", help="own data: labelled 'path,class' file (writes a CSV)")
     size = parser.add_mutually_exclusive_group(required=True)
     size.add_argument("--percent", type=float, help="keep this percentage of each class (stratified)")
     size.add_argument("--per_class", type=int, help="keep exactly this many images of each class")
@@ -88,13 +109,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="list file to write (e.g. DATA/subsets/1percent.txt)")
     args = parser.parse_args(argv)
     try:
-        lines = make_subset(args.data_path, percent=args.percent, per_class=args.per_class, seed=args.seed,
-                            fmt=args.fmt)
+        if args.data_path:
+            lines = make_subset(args.data_path, percent=args.percent, per_class=args.per_class, seed=args.seed,
+                                fmt=args.fmt)
+        else:
+            lines = make_subset_from_source(args.lab_dir, args.lab_csv, out=args.out, percent=args.percent,
+                                            per_class=args.per_class, seed=args.seed)
         out = write_subset(lines, args.out)
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"wrote {len(lines)} labelled images to {out}")
+    count = len(lines) - (0 if args.data_path else 1)
+    print(f"wrote {count} labelled images to {out}" + ("" if args.data_path else f" (train with --lab_csv {out})"))
     return 0
 
 

@@ -59,3 +59,39 @@ def make_synthetic_imagefolder(root: str | os.PathLike, num_classes: int = 4, tr
     subset = write_lines_atomic(root / "subsets" / "labelled.txt",
                                 [f"{name}_{i}.png" for name in classes for i in range(subset_per_class)])
     return SyntheticPaths(root, root / "train", root / "val", subset, classes)
+
+
+@dataclass(frozen=True)
+class OwnLayoutPaths:
+    lab_dir: Path  # lab/<class>/<image>
+    unlab_dir: Path  # unlab/<image>, flat, plus unlab/more/<image> (a sub-folder)
+    val_dir: Path  # val/<class>/<image>
+    lab_csv: Path  # lab.csv: 'path,class' lines, relative to the file, for the images of lab_dir
+    unlab_list: Path  # unlab.txt: the unlabelled images, one relative path a line
+    classes: tuple[str, ...]
+
+
+def make_synthetic_own_layout(root: str | os.PathLike, num_classes: int = 4, lab_per_class: int = 4,
+                              unlab_per_class: int = 12, val_per_class: int = 4, size: int = 32,
+                              seed: int = 0) -> OwnLayoutPaths:
+    """The same images as ``make_synthetic_imagefolder`` arranged as own data: labelled images in class
+    folders and a CSV, unlabelled ones flat (half in a sub-folder) with no class, and a list file of them."""
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    classes = tuple(f"c{c}" for c in range(num_classes))
+    csv_lines, unlab_lines = ["path,class"], []
+    for c, name in enumerate(classes):
+        for i in range(lab_per_class + unlab_per_class + val_per_class):
+            if i < lab_per_class:
+                rel = f"lab/{name}/{name}_{i}.png"
+                csv_lines.append(f"{rel},{name}")
+            elif i < lab_per_class + unlab_per_class:
+                rel = f"unlab/{'more/' if i % 2 else ''}img_{name}_{i}.png"
+                unlab_lines.append(rel)
+            else:
+                rel = f"val/{name}/{name}_{i}.png"
+            (root / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(synthetic_image(c, num_classes, size, rng)).save(root / rel)
+    write_lines_atomic(root / "lab.csv", csv_lines)
+    write_lines_atomic(root / "unlab.txt", unlab_lines)
+    return OwnLayoutPaths(root / "lab", root / "unlab", root / "val", root / "lab.csv", root / "unlab.txt", classes)
