@@ -40,6 +40,12 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
                    help="(new) lower scale of the labelled RandomResizedCrop (0.08 as torchvision/the release)")
     g.add_argument("--blur_radius", type=float, nargs=2, default=(0.1, 2.0),
                    help="(new) Gaussian blur radius range of the unlabelled views (the release's 0.1 2.0 at 224 px)")
+    g.add_argument("--fast_aug", type=bool_flag, default=False,
+                   help="(new) faster CPU augmentation with the same random draws: hue shift by colour table "
+                        "(within a few 8-bit levels of PIL's), fused normalisation (benchmarks/README.md)")
+    g.add_argument("--gpu_aug", type=bool_flag, default=False,
+                   help="(new) apply the unlabelled views' colour jitter, grey, blur, solarise and normalisation on "
+                        "the training device, per image, to whole batches; loader workers only decode, crop, flip")
     g.add_argument("--val_resize", type=int, default=256, help="(new) validation Resize (256 for ImageNet)")
     g.add_argument("--val_crop", type=int, default=224, help="(new) validation CenterCrop (224 for ImageNet)")
     g.add_argument("--mixup_unlab", type=bool_flag, default=False, help="mixup/cutmix on unlabelled views")

@@ -16,6 +16,8 @@ from torch.utils.data import DataLoader
 from src.data import (IMAGENET_MEAN, InfiniteLabelledLoader, LabelledBatch, LabelledCollate, Normalization,
                       UnlabelledBatch, UnlabelledCollate, build_datasets, build_unlabelled_loader,
                       build_val_loader, dino_multicrop, labelled_transform, swav_multicrop, val_transform)
+from src.data.device_aug import DevicePhotometric
+from src.data.fast_aug import accelerate
 from src.distributed import DistInfo, local_world_size
 from src.errors import UserError
 from src.logging_utils import get_logger
@@ -46,6 +48,8 @@ class DataConfig:
     mixup_lab_prob: float
     train_mode: str
     max_iters_per_epoch: int
+    fast_aug: bool = False  # --fast_aug: src.data.fast_aug
+    gpu_aug: bool = False  # --gpu_aug: src.data.device_aug
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, unlab_batch_size: int, lab_batch_size: int, workers: int,
@@ -60,7 +64,8 @@ class DataConfig:
             val_resize=args.val_resize or None, val_crop=args.val_crop or None,
             mixup_unlab=args.mixup_unlab_type if args.mixup_unlab else None,
             mixup_lab=args.mixup_lab_type if args.mixup_lab else None, mixup_lab_prob=args.mixup_lab_prob,
-            train_mode=args.train_mode, max_iters_per_epoch=args.max_iters_per_epoch)
+            train_mode=args.train_mode, max_iters_per_epoch=args.max_iters_per_epoch,
+            fast_aug=getattr(args, "fast_aug", False), gpu_aug=getattr(args, "gpu_aug", False))
 
 
 def swav_multicrop_config(args: argparse.Namespace) -> MultiCropFactory:
@@ -91,6 +96,7 @@ class DataBundle:
     class_to_idx: dict[str, int]
     iters_per_epoch: int
     unlab_batch_size: int
+    device_stage: DevicePhotometric | None = None  # --gpu_aug: the unlabelled views' photometric ops
 
     def epoch_batches(self, epoch: int, start_iter: int = 0
                       ) -> Iterator[tuple[LabelledBatch | None, UnlabelledBatch | None]]:
@@ -117,6 +123,21 @@ def capped_workers(requested: int) -> int:
     return requested
 
 
+def augmentation_pipeline(cfg: DataConfig, dist: DistInfo) -> tuple[Callable, DevicePhotometric | None]:
+    """The unlabelled multi-crop transform of the loader workers and, with --gpu_aug, the device stage that
+    finishes it (the PIL recipe is the reference both faster paths are built from)."""
+    reference = cfg.multicrop(cfg.normalization)
+    get_logger().info("unlabelled augmentation: %s", "crops on the CPU, photometric ops on the device (--gpu_aug)"
+                      if cfg.gpu_aug else "fast CPU path (--fast_aug)" if cfg.fast_aug else "PIL (the reference)")
+    if cfg.gpu_aug:
+        if cfg.mixup_unlab:
+            raise UserError("--gpu_aug true applies the photometric ops after batching, but --mixup_unlab true mixes "
+                            "the views while batching, before them: use --gpu_aug false with --mixup_unlab true")
+        return accelerate(reference, device_photometric=True), DevicePhotometric.from_transform(reference, cfg.seed,
+                                                                                                 dist.rank)
+    return (accelerate(reference) if cfg.fast_aug else reference), None
+
+
 def build_data(cfg: DataConfig, dist: DistInfo) -> DataBundle:
     """Datasets and loaders for ``cfg.train_mode``: semisup (both streams), supervised (labelled only, the
     baseline), selfsup (unlabelled only). An epoch is one pass over the unlabelled data either way."""
@@ -126,11 +147,15 @@ def build_data(cfg: DataConfig, dist: DistInfo) -> DataBundle:
     norm = cfg.normalization
     workers = capped_workers(cfg.workers)
     use_unlab, use_lab = cfg.train_mode != "supervised", cfg.train_mode != "selfsup"
+    unlab_transform, device_stage = augmentation_pipeline(cfg, dist) if use_unlab else (None, None)
+    lab_transform = labelled_transform(cfg.lab_kind, size=cfg.lab_crop_size, normalization=norm,
+                                       simple_crop=cfg.simple_crop, min_scale=cfg.lab_min_scale)
+    if cfg.fast_aug and cfg.lab_kind != "augment3":  # 3-Augment's RandomChoice keeps the PIL path
+        lab_transform = accelerate(lab_transform)
     data = build_datasets(
         cfg.data_path,
-        unlabelled_transform=cfg.multicrop(norm) if use_unlab else None,
-        labelled_transform=labelled_transform(cfg.lab_kind, size=cfg.lab_crop_size, normalization=norm,
-                                              simple_crop=cfg.simple_crop, min_scale=cfg.lab_min_scale),
+        unlabelled_transform=unlab_transform,
+        labelled_transform=lab_transform,
         val_transform=val_transform(cfg.val_resize, cfg.val_crop, normalization=norm),
         labels_perc=cfg.labels_perc, subset_file=cfg.subset_file)
     num_classes = len(data.class_to_idx)
@@ -159,4 +184,4 @@ def build_data(cfg: DataConfig, dist: DistInfo) -> DataBundle:
                       "(mode %s)", num_classes, len(data.unlabelled), len(data.labelled), data.subset_file,
                       len(data.val), iters, cfg.train_mode)
     return DataBundle(unlab_loader, lab_loader, val_loader, num_classes, data.class_to_idx, iters,
-                      cfg.unlab_batch_size)
+                      cfg.unlab_batch_size, device_stage)

@@ -293,6 +293,8 @@ class Trainer:
             cl = self.args.channels_last
             lab = lab.to(self.device, non_blocking=True, channels_last=cl) if lab is not None else None
             unlab = unlab.to(self.device, non_blocking=True, channels_last=cl) if unlab is not None else None
+            if unlab is not None and self.data.device_stage is not None:  # --gpu_aug
+                unlab = self.data.device_stage(unlab, self.state.iteration, channels_last=cl)
             data_time = watch.lap()
             out = self.step(lab, unlab, epoch, self.state.iteration, self.last_good_checkpoint)
             if self.device.type == "cuda":

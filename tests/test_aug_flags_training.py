@@ -1,0 +1,36 @@
+"""--fast_aug and --gpu_aug in tiny end-to-end CPU runs (the GPU stage runs on the CPU device here)."""
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import pytest
+
+import main_daino
+import main_suave
+from src.checkpoint import read_checkpoint
+
+from .test_training import DAINO_TINY, SUAVE_TINY, common, run, tiny_data  # noqa: F401 (fixture)
+
+
+@pytest.mark.parametrize("module,tiny,flags,path", [
+    (main_suave, SUAVE_TINY, ["--fast_aug", "true"], "fast CPU path"),
+    (main_suave, SUAVE_TINY, ["--fast_aug", "true", "--gpu_aug", "true"], "photometric ops on the device"),
+    (main_daino, DAINO_TINY, ["--gpu_aug", "true"], "photometric ops on the device"),
+], ids=["suave-fast", "suave-fast+gpu_aug", "daino-gpu_aug"])
+def test_training_runs_with_the_fast_pipelines(module, tiny, flags, path, tiny_data, tmp_path):  # noqa: F811
+    out = str(tmp_path / "exp")
+    assert run(module, common(tiny_data, out, 1) + tiny + ["--max_iters_per_epoch", "2"] + flags) == 0
+    with open(os.path.join(out, "train.log")) as f:
+        assert path in f.read()
+    assert read_checkpoint(os.path.join(out, "checkpoint.pth"))["iteration"] == 2
+    loss = pd.read_csv(os.path.join(out, "stats.csv"))["train_loss"].item()
+    assert 0 < loss < 50
+
+
+def test_gpu_aug_with_unlabelled_mixup_is_refused(tiny_data, tmp_path, capsys):  # noqa: F811
+    argv = common(tiny_data, str(tmp_path / "x"), 1) + SUAVE_TINY + ["--gpu_aug", "true", "--mixup_unlab", "true",
+                                                                      "--mixup_unlab_type", "globals"]
+    assert run(main_suave, argv) != 0
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--gpu_aug" in last and "--mixup_unlab" in last
