@@ -215,24 +215,25 @@ def loader_rows(images: list[str], workers: int, batches: int, methods: list[str
 
     rows = []
     samples = [(path, 0) for path in images]
-    samples = (samples * (batches * 32 // len(samples) + 2))[:batches * 32 + 32]
-    if True:
-        for method in methods:
-            reference = recipes()[method]
-            for name, transform in (("reference", reference), ("fast (--fast_aug)", accelerate(reference)),
-                                    ("fast, photometric on GPU", accelerate(reference, device_photometric=True))):
-                collate = LabelledCollate() if method == "labelled" else UnlabelledCollate()
-                loader = build_unlabelled_loader(ImageDataset(samples, {"x": 0}, transform), 32, workers=workers,
-                                                 collate_fn=collate)
-                it = iter(loader)
-                next(it)  # workers started and warm
-                start = time.perf_counter()
-                for _ in range(batches):
-                    next(it)
-                elapsed = time.perf_counter() - start
-                rows.append({"pipeline": method, "variant": name, "workers": workers,
-                             "images/s": batches * 32 / elapsed, "images/s/worker": batches * 32 / elapsed / workers})
-                del it, loader
+    samples = (samples * ((batches + 1) * 32 // len(samples) + 1))[:(batches + 1) * 32]
+    for method in methods:
+        reference = recipes()[method]
+        for name, transform in (("reference", reference), ("fast (--fast_aug)", accelerate(reference)),
+                                ("fast, photometric on GPU", accelerate(reference, device_photometric=True))):
+            for table, max_factor in hue_tables(transform):
+                table.build(max_factor)  # before the workers fork: they inherit the tables
+            collate = LabelledCollate() if method == "labelled" else UnlabelledCollate()
+            loader = build_unlabelled_loader(ImageDataset(samples, {"x": 0}, transform), 32, workers=workers,
+                                             collate_fn=collate)
+            it = iter(loader)
+            next(it)  # workers started and warm
+            start = time.perf_counter()
+            for _ in range(batches):
+                next(it)
+            elapsed = time.perf_counter() - start
+            rows.append({"pipeline": method, "variant": name, "workers": workers,
+                         "images/s": batches * 32 / elapsed, "images/s/worker": batches * 32 / elapsed / workers})
+            del it, loader
     return rows
 
 

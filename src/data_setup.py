@@ -17,7 +17,7 @@ from src.data import (IMAGENET_MEAN, InfiniteLabelledLoader, LabelledBatch, Labe
                       UnlabelledBatch, UnlabelledCollate, build_datasets, build_unlabelled_loader,
                       build_val_loader, dino_multicrop, labelled_transform, swav_multicrop, val_transform)
 from src.data.device_aug import DevicePhotometric
-from src.data.fast_aug import accelerate
+from src.data.fast_aug import accelerate, hue_tables
 from src.distributed import DistInfo, local_world_size
 from src.errors import UserError
 from src.logging_utils import get_logger
@@ -135,7 +135,12 @@ def augmentation_pipeline(cfg: DataConfig, dist: DistInfo) -> tuple[Callable, De
                             "the views while batching, before them: use --gpu_aug false with --mixup_unlab true")
         return accelerate(reference, device_photometric=True), DevicePhotometric.from_transform(reference, cfg.seed,
                                                                                                  dist.rank)
-    return (accelerate(reference) if cfg.fast_aug else reference), None
+    if not cfg.fast_aug:
+        return reference, None
+    fast = accelerate(reference)
+    for table, max_factor in hue_tables(fast):
+        table.build(max_factor)  # once, before the loader workers fork (they inherit the tables)
+    return fast, None
 
 
 def build_data(cfg: DataConfig, dist: DistInfo) -> DataBundle:

@@ -15,9 +15,9 @@ seeded sample gets the same crop boxes, flips, jitter factors, blur radii and so
   after the flip and ``src.data.device_aug`` applies jitter, grey, blur, solarise and normalisation to the
   whole batch on the GPU.
 
-Crops, flips, brightness, contrast, saturation, grayscale, blur and solarise are the original PIL ops
-(``Image.resize(box=...)`` instead of crop + resize was measured: no faster, and it reads pixels outside
-the box at the crop's edges).
+Crops, flips, brightness, contrast, saturation, grayscale, blur and solarise are the original PIL ops.
+Measured and left out (no faster on a 224-px view): ``Image.resize(box=...)`` instead of crop + resize (it
+also reads pixels outside the box at the crop's edges); brightness and contrast as ``Image.point`` tables.
 """
 from __future__ import annotations
 
