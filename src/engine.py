@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from src import distributed
+from src import distributed, perf
 from src.checkpoint import read_checkpoint, save_checkpoint_atomic, copy_snapshot
 from src.data_setup import DataBundle, DataConfig, build_data
 from src.errors import TrainingDiverged
@@ -73,9 +73,10 @@ class TrainStep:
     method's gradient rules -> per-parameter clipping -> optimiser step -> EMA."""
 
     def __init__(self, method: Method, optimizer: torch.optim.Optimizer, schedules: Schedules,
-                 precision: Precision, clip_grad: float = 0.0) -> None:
+                 precision: Precision, clip_grad: float = 0.0, nan_check_every: int = 1) -> None:
         self.method, self.optimizer, self.schedules = method, optimizer, schedules
         self.precision, self.clip_grad = precision, clip_grad
+        self.finite = perf.FiniteCheck(nan_check_every)
 
     def __call__(self, lab: Any, unlab: Any, epoch: int, iteration: int, checkpoint_hint: str = "none yet"):
         it = min(iteration, len(self.schedules.lr) - 1)
@@ -84,10 +85,15 @@ class TrainStep:
         self.method.before_step(epoch, iteration)
         with self.precision.autocast():
             out = self.method.training_step(lab, unlab, epoch, iteration)
-        loss_value = out.loss.item()
-        if not math.isfinite(loss_value):
-            raise TrainingDiverged(f"loss is {loss_value} at iteration {iteration} (epoch {epoch}); stopping "
-                                   f"without saving. Last good checkpoint: {checkpoint_hint}")
+        if self.finite.every == 1:
+            loss_value = out.loss.item()
+            if not math.isfinite(loss_value):
+                raise TrainingDiverged(f"loss is {loss_value} at iteration {iteration} (epoch {epoch}); stopping "
+                                       f"without saving. Last good checkpoint: {checkpoint_hint}")
+        else:  # --nan_check_every N: no host sync here; read back every N steps and before any checkpoint
+            self.finite.record(out.loss, iteration)
+            if self.finite.due(iteration):
+                self.check_finite(checkpoint_hint)
         scaler = self.precision.scaler
         self.optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -106,6 +112,13 @@ class TrainStep:
             self.optimizer.step()
         self.method.after_optimizer_step(epoch, iteration, self.schedules)
         return out
+
+    def check_finite(self, checkpoint_hint: str = "none yet") -> None:
+        """Raise ``TrainingDiverged`` if a loss recorded since the start was not finite (--nan_check_every)."""
+        bad = self.finite.first_bad_iteration()
+        if bad is not None:
+            raise TrainingDiverged(f"loss is not finite at iteration {bad} (checked every {self.finite.every} "
+                                   f"steps); stopping without saving. Last good checkpoint: {checkpoint_hint}")
 
 
 def seed_everything(seed: int) -> None:
@@ -147,6 +160,7 @@ class Trainer:
         os.makedirs(args.output_dir, exist_ok=True)
         self.logger = setup_logging(args.output_dir, self.dist.rank)
         self.device = self.dist.device
+        perf.configure_backends(args, self.device)
         seed_everything(args.seed + self.dist.rank)
         self.logger.info("device %s, %d process(es), backend %s", self.device, self.dist.world_size,
                          self.dist.backend or "none (single process)")
@@ -156,12 +170,12 @@ class Trainer:
         for module in self.method.networks():
             module.to(self.device, memory_format=memory_format)
         self.student_ddp = self._wrap_student(self.method.student)
-        self.method.forward_student = self.student_ddp
-        self.optimizer = self.method.build_optimizer()
+        self.method.forward_student = perf.maybe_compile(self.student_ddp, args)
+        self.optimizer = perf.maybe_fuse(self.method.build_optimizer(), args, self.device)
         self.schedules: Schedules = self.method.build_schedules(self.data.iters_per_epoch)
         self.precision = Precision(args.use_fp16, args.use_bf16, self.device)
         self.step = TrainStep(self.method, self.optimizer, self.schedules, self.precision,
-                              getattr(args, "clip_grad", 0.0))
+                              getattr(args, "clip_grad", 0.0), getattr(args, "nan_check_every", 1))
         self.state = RunState()
         self.checkpoint_path = os.path.join(args.output_dir, CHECKPOINT_NAME)
         self.last_good_checkpoint = self.checkpoint_path if os.path.isfile(self.checkpoint_path) else "none yet"
@@ -381,6 +395,7 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """Every stateful object, atomically, by rank 0 (collective parts gathered on every rank first)."""
+        self.step.check_finite(self.last_good_checkpoint)  # never save a diverged model (--nan_check_every)
         method_state = self.method.state_dict()  # may gather across ranks: every rank calls it
         lab_state = self.data.lab_loader.state_dict() if self.data.lab_loader is not None else None
         rng = gather_rng_states()
