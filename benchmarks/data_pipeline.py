@@ -38,6 +38,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.report import print_table  # noqa: E402
 from src.data import transforms as TR  # noqa: E402
 from src.data.augmentations import RandomGaussianBlur, RandomSolarize  # noqa: E402
 from src.data.fast_aug import LEVERS, ToNormalizedTensor, ToUint8Tensor, accelerate, hue_tables  # noqa: E402
@@ -237,16 +238,6 @@ def loader_rows(images: list[str], workers: int, batches: int, methods: list[str
     return rows
 
 
-def print_table(rows: list[dict]) -> None:
-    columns = list(rows[0])
-    cells = [[f"{r[c]:.2f}" if isinstance(r[c], float) else str(r[c]) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    print("| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in cells:
-        print("| " + " | ".join(v.ljust(w) for v, w in zip(row, widths)) + " |")
-    print()
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -269,10 +260,10 @@ def main() -> None:
         kb = np.mean([os.path.getsize(p) for p in images]) / 1024
         print(f"{len(images)} JPEGs, mean {kb:.1f} KB, {sizes[0]} to {sizes[-1]}; torch {torch.__version__}, "
               f"1 thread, {opts.reps} interleaved repetitions")
-        print_table(decode_rows(images, opts.reps))
-        print_table(measure(images, opts.reps, opts.methods))
+        print_table(decode_rows(images, opts.reps), digits=2)
+        print_table(measure(images, opts.reps, opts.methods), digits=2)
         if opts.workers:
-            print_table(loader_rows(images, opts.workers, opts.batches, opts.methods))
+            print_table(loader_rows(images, opts.workers, opts.batches, opts.methods), digits=2)
 
 
 if __name__ == "__main__":
