@@ -130,9 +130,6 @@ def augmentation_pipeline(cfg: DataConfig, dist: DistInfo) -> tuple[Callable, De
     get_logger().info("unlabelled augmentation: %s", "crops on the CPU, photometric ops on the device (--gpu_aug)"
                       if cfg.gpu_aug else "fast CPU path (--fast_aug)" if cfg.fast_aug else "PIL (the reference)")
     if cfg.gpu_aug:
-        if cfg.mixup_unlab:
-            raise UserError("--gpu_aug true applies the photometric ops after batching, but --mixup_unlab true mixes "
-                            "the views while batching, before them: use --gpu_aug false with --mixup_unlab true")
         return accelerate(reference, device_photometric=True), DevicePhotometric.from_transform(reference, cfg.seed,
                                                                                                  dist.rank)
     if not cfg.fast_aug:
@@ -168,7 +165,8 @@ def build_data(cfg: DataConfig, dist: DistInfo) -> DataBundle:
     unlab_loader = lab_loader = None
     if use_unlab:
         unlab_loader = build_unlabelled_loader(data.unlabelled, cfg.unlab_batch_size, dist.rank, dist.world_size,
-                                               cfg.seed, workers, UnlabelledCollate(mixup=cfg.mixup_unlab),
+                                               cfg.seed, workers,
+                                               UnlabelledCollate(mixup=cfg.mixup_unlab, defer_mix=cfg.gpu_aug),
                                                pin_memory=pin)
         iters = len(unlab_loader)
     else:

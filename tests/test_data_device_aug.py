@@ -8,7 +8,8 @@ from PIL import Image
 from torchvision.transforms import functional as TF
 
 from src.data import transforms as TR
-from src.data.collate import UnlabelledBatch
+from src.data.collate import UnlabelledBatch, UnlabelledCollate
+from src.data.mixup import apply_mix
 from src.data.device_aug import (BatchColorJitter, BatchGaussianBlur, BatchGrayscale, BatchSolarize,
                                  DevicePhotometric, ViewPhotometric, hsv_to_rgb, rgb_to_hsv)
 from src.data.fast_aug import accelerate
@@ -78,6 +79,24 @@ def test_same_iteration_same_draws_and_recipe_order():
     assert all(torch.equal(x, y) for x, y in zip(a.views, b.views))
     assert not torch.equal(a.views[2], c.views[2])
     assert a.views[0].dtype == torch.float32 and a.labels is batch.labels
+
+
+def test_deferred_unlabelled_mixup_mixes_the_finished_views():
+    ref = TR.swav_multicrop([16, 8], [2, 2], [0.14, 0.05], [1.0, 0.14])
+    cpu_part, stage = accelerate(ref, device_photometric=True), DevicePhotometric.from_transform(ref, seed=1)
+    samples = []
+    for seed in range(6):
+        with seeded_rngs(seed):
+            samples.append((cpu_part(_photo()), 0))
+    torch.manual_seed(4)
+    batch = UnlabelledCollate(mixup="globals", defer_mix=True)(samples)
+    torch.manual_seed(4)
+    eager = UnlabelledCollate(mixup="globals")(samples)
+    assert batch.mixed_views == [] and batch.mix_lams == eager.mix_lams and len(batch.mix_params) == 1
+    done = stage(batch, iteration=3)
+    assert done.mix_lams == batch.mix_lams and len(done.mixed_views) == 1
+    torch.testing.assert_close(done.mixed_views[0], apply_mix(done.views[0], done.views[1], batch.mix_params[0]))
+    assert done.mixed_views[0].dtype == torch.float32
 
 
 def test_unknown_op_is_refused():

@@ -13,6 +13,9 @@ PIL's rounding to 8 bits between ops, and the hue factor is continuous (PIL's is
 differences far below the augmentation's own spread (``tests/test_data_device_aug.py`` checks the
 distribution against the PIL recipe). No host synchronisation: masks select per image with ``torch.where``.
 
+Unlabelled mixup (``--mixup_unlab``): the collate draws the mixing parameters as usual but leaves the mixed
+views to this stage, which mixes the finished views on the device (the CPU path mixes normalised views too).
+
 Randomness: a generator on the device seeded from (run seed, rank, iteration), so a resumed run draws the
 same parameters as an uninterrupted one.
 """
@@ -27,6 +30,7 @@ import torch.nn.functional as F
 from torchvision import transforms as T
 
 from .augmentations import RandomGaussianBlur, RandomSolarize
+from .mixup import apply_mix
 from .seeding import derive_seed
 from .transforms import MultiViewTransform
 
@@ -225,8 +229,12 @@ class DevicePhotometric:
         return out  # type: ignore[return-value]
 
     def __call__(self, batch, iteration: int, channels_last: bool = False):
-        """An ``UnlabelledBatch`` of uint8 views -> the same batch with normalised float views."""
+        """An ``UnlabelledBatch`` of uint8 views -> the same batch with normalised float views, and its mixed
+        views (unlabelled mixup: parameters drawn by the collate, ``defer_mix``) made from them, as the CPU
+        path mixes the normalised views."""
         views = self.views(batch.views, iteration)
+        mixed = [apply_mix(views[a], views[b], params) for (a, b), params in zip(batch.mix_pairs, batch.mix_params)]
         if channels_last:
             views = [v.contiguous(memory_format=torch.channels_last) for v in views]
-        return replace(batch, views=views)
+            mixed = [v.contiguous(memory_format=torch.channels_last) for v in mixed]
+        return replace(batch, views=views, mixed_views=mixed)
