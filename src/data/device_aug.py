@@ -65,15 +65,15 @@ def rgb_to_hsv(x: torch.Tensor) -> torch.Tensor:
 
 
 def hsv_to_rgb(x: torch.Tensor) -> torch.Tensor:
+    """The closed form: channel = v - v s clamp(min(k, 4 - k), 0, 1), k = (n + 6 h) mod 6, n = 5, 3, 1 for
+    R, G, B (no per-sextant gather: three small temporaries instead of six stacked candidates)."""
     h, s, v = x.unbind(1)
     h6 = h * 6.0
-    i = torch.floor(h6)
-    f = h6 - i
-    i = i.long() % 6
-    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
-    choices = torch.stack([torch.stack(c, 1) for c in ((v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v),
-                                                        (v, p, q))], 0)  # (6, B, 3, H, W)
-    return choices.gather(0, i.unsqueeze(0).unsqueeze(2).expand(1, -1, 3, -1, -1)).squeeze(0)
+    channels = []
+    for n in (5.0, 3.0, 1.0):
+        k = (h6 + n) % 6.0
+        channels.append(v - v * s * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0))
+    return torch.stack(channels, 1)
 
 
 @dataclass(frozen=True)
