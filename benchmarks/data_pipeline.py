@@ -9,13 +9,14 @@ at several scales, shapes with edges, sensor-like noise), then times, with one t
   +skip RGB copy  the project's ``load_rgb`` (no ``convert`` copy of an RGB JPEG; every pipeline below)
   +hue_table, fast   each lever of ``src.data.fast_aug`` added in turn (cumulative rows); the last,
               ``fast``, is ``--fast_aug true``
-  fast, device photometric   the CPU part of ``--fast_aug true --gpu_aug true`` (decode, crop, flip, uint8)
+  fast, photometric on GPU   the CPU part of ``--gpu_aug true`` (decode, crop, flip, uint8 views)
 
 Times are this process's CPU time (``time.process_time``), so images/s per core is not diluted by other
-processes on a shared machine; pipelines are also measured interleaved (every repetition runs each pipeline once, in a rotating order) and
-medians are reported, so the ratios stay fair on a shared machine. The breakdown splits each image's time
-into decode, geometric (crop, flip), photometric (jitter, grey, blur, solarise) and tensor (to tensor,
-normalise). ``--workers N`` also times a DataLoader with N workers end to end (batches of 32).
+processes on a shared machine; pipelines are also measured interleaved (each image goes through every
+pipeline, in a rotating order, before the next image) and medians over repetitions are reported, so the
+ratios stay fair. The breakdown splits each image's time into decode, geometric (crop, flip), photometric
+(jitter, grey, blur, solarise) and tensor (to tensor, normalise). ``--workers N`` also times a DataLoader
+with N workers end to end (batches of 32, wall-clock time; meant for a machine with N idle cores).
 
     python benchmarks/data_pipeline.py                    # the table (about 3 minutes on a busy core)
     python benchmarks/data_pipeline.py --workers 8        # plus DataLoader images/s with 8 workers
