@@ -14,9 +14,11 @@ from .test_training import DAINO_TINY, SUAVE_TINY, common, run, tiny_data  # noq
 
 
 @pytest.mark.parametrize("module,tiny,flags,path", [
-    (main_suave, SUAVE_TINY, ["--fast_aug", "true"], "fast CPU path"),
-    (main_daino, DAINO_TINY, ["--gpu_aug", "true"], "photometric ops on the device"),
-], ids=["suave-fast", "daino-gpu_aug"])
+    (main_daino, DAINO_TINY, ["--fast_aug", "true"], "fast CPU path"),
+    # unlabelled mixup: the collate draws the parameters, the device stage mixes the finished views
+    (main_suave, SUAVE_TINY, ["--fast_aug", "true", "--gpu_aug", "true", "--mixup_unlab", "true",
+                              "--mixup_unlab_type", "globals"], "photometric ops on the device"),
+], ids=["daino-fast", "suave-fast+gpu_aug+mixup"])
 def test_training_runs_with_the_fast_pipelines(module, tiny, flags, path, tiny_data, tmp_path):  # noqa: F811
     out = str(tmp_path / "exp")
     assert run(module, common(tiny_data, out, 1) + tiny + ["--max_iters_per_epoch", "2"] + flags) == 0
@@ -25,12 +27,3 @@ def test_training_runs_with_the_fast_pipelines(module, tiny, flags, path, tiny_d
     assert read_checkpoint(os.path.join(out, "checkpoint.pth"))["iteration"] == 2
     loss = pd.read_csv(os.path.join(out, "stats.csv"))["train_loss"].item()
     assert 0 < loss < 50
-
-
-def test_gpu_aug_with_unlabelled_mixup_trains(tiny_data, tmp_path):  # noqa: F811
-    """The collate draws the mixing parameters, the device stage mixes the finished views."""
-    out = str(tmp_path / "exp")
-    argv = common(tiny_data, out, 1) + SUAVE_TINY + ["--max_iters_per_epoch", "2", "--gpu_aug", "true",
-                                                     "--mixup_unlab", "true", "--mixup_unlab_type", "globals"]
-    assert run(main_suave, argv) == 0
-    assert 0 < pd.read_csv(os.path.join(out, "stats.csv"))["train_loss"].item() < 50
