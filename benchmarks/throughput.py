@@ -10,6 +10,14 @@ what targets, Sinkhorn, queue, EMA, loss and bookkeeping cost. Data loading is e
 
     python benchmarks/throughput.py                       # CPU: small-image recipes
     python benchmarks/throughput.py --preset imagenet     # the released 224-px recipes (meant for a GPU)
+    python benchmarks/throughput.py --preset imagenet --levers   # one row per speed lever, added in turn
+    python benchmarks/throughput.py --levers 6                   # CPU: all but --compile
+    python benchmarks/throughput.py --preset imagenet --device_aug   # + the --gpu_aug stage's ms per batch
+
+``--levers`` times the step (timed in blocks of steps with one device sync per block, so that a step that
+does not wait for the GPU shows it) with: the step as it ran before the levers (cudnn.benchmark off), then
+cumulatively cudnn.benchmark (the default now), --nan_check_every 50, --tf32, --channels_last,
+--fused_optimizer, --compile. Extra method flags can be passed after ``--``.
 """
 from __future__ import annotations
 
@@ -25,7 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from daino.args import get_args_parser as daino_parser  # noqa: E402
 from daino.method import DainoMethod  # noqa: E402
+from benchmarks.report import print_table  # noqa: E402
 from src.data import LabelledBatch, UnlabelledBatch  # noqa: E402
+from src import perf  # noqa: E402
 from src.engine import Precision, TrainStep  # noqa: E402
 from suave.args import get_args_parser as suave_parser  # noqa: E402
 from suave.method import SuaveMethod  # noqa: E402
@@ -105,20 +115,85 @@ def timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-def bench(method_name: str, preset: str, device: torch.device, steps: int, warmup: int, bf16: bool) -> dict:
+LEVERS = [("before the levers", ["--cudnn_benchmark", "false"]),
+          ("+cudnn_benchmark (default)", []),
+          ("+nan_check_every 50", ["--nan_check_every", "50"]),
+          ("+tf32", ["--tf32", "true"]),
+          ("+channels_last", ["--channels_last", "true"]),
+          ("+fused_optimizer", ["--fused_optimizer", "true"]),
+          ("+compile", ["--compile", "true"])]
+
+
+def build(method_name: str, preset: str, device: torch.device, total_steps: int, bf16: bool, extra: list[str]):
+    """The method, its optimiser and TrainStep as the engine builds them (speed flags included), and a batch."""
     spec = PRESETS[preset]
     parser_fn, cls = (suave_parser, SuaveMethod) if method_name == "suave" else (daino_parser, DainoMethod)
-    args = parse(parser_fn, spec[method_name] + (["--use_bf16", "true"] if bf16 else []))
+    args = parse(parser_fn, spec[method_name] + (["--use_bf16", "true"] if bf16 else []) + extra)
+    perf.configure_backends(args, device)
     method = cls(args, spec["classes"], device)
-    for network in method.networks():
-        network.to(device)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    for module in method.networks():
+        module.to(device, memory_format=memory_format)
     method.set_train_modes(first_epoch_of_run=True)
-    method.forward_student = method.student
-    optimizer = method.build_optimizer()
-    schedules = method.build_schedules(steps + warmup + 1)
+    method.forward_student = perf.maybe_compile(method.student, args)
+    optimizer = perf.maybe_fuse(method.build_optimizer(), args, device)
+    schedules = method.build_schedules(total_steps + 1)
     precision = Precision(args.use_fp16, args.use_bf16, device)
-    step = TrainStep(method, optimizer, schedules, precision, args.clip_grad)
+    step = TrainStep(method, optimizer, schedules, precision, args.clip_grad, args.nan_check_every)
     lab, unlab, images = fixed_batches(method_name, args, spec["classes"], device)
+    if args.channels_last:
+        lab, unlab = lab.to(device, channels_last=True), unlab.to(device, channels_last=True)
+    return method, optimizer, precision, step, lab, unlab, images
+
+
+def bench_levers(method_name: str, preset: str, device: torch.device, steps: int, warmup: int, bf16: bool,
+                 extra: list[str], rows_wanted: int = len(LEVERS), block: int = 5) -> list[dict]:
+    """Images/s of the step with each lever added in turn (``LEVERS``), steps timed in blocks of ``block``."""
+    rows, base = [], None
+    for k, (name, _) in enumerate(LEVERS[:rows_wanted]):
+        if k == 0:
+            current = list(extra) + LEVERS[0][1]
+        else:
+            current = list(extra) + [flag for _, lever in LEVERS[1:k + 1] for flag in lever]
+        _, _, precision, step, lab, unlab, images = build(method_name, preset, device, steps + warmup, bf16, current)
+        for i in range(warmup):
+            step(lab, unlab, 0, i)
+        times = []
+        for b in range(max(steps // block, 1)):
+            times.append(timed(lambda: [step(lab, unlab, 0, warmup + b * block + i) for i in range(block)],
+                               device) / block)
+        t = statistics.median(times)
+        base = base or t
+        rows.append({"method": method_name, "lever": name, "precision": precision.describe(),
+                     "step ms": 1000 * t, "images/s": images / t, "x before": base / t})
+    return rows
+
+
+def bench_device_aug(method_name: str, device: torch.device, steps: int) -> dict:
+    """Time of ``--gpu_aug``'s photometric stage on one batch of the released recipe's uint8 views
+    (Suave: 32 x (2 x 224 + 8 x 96), Daino: 64 x the same), to set against the step time."""
+    from src.data import transforms as TR
+    from src.data.collate import UnlabelledBatch
+    from src.data.device_aug import DevicePhotometric
+
+    if method_name == "suave":
+        recipe, batch = TR.swav_multicrop([224, 96], [2, 8], [0.14, 0.05], [1.0, 0.14]), 32
+    else:
+        recipe, batch = TR.dino_multicrop((0.25, 1.0), (0.05, 0.25), 8), 64
+    stage = DevicePhotometric.from_transform(recipe, seed=0)
+    g = torch.Generator().manual_seed(0)
+    views = [torch.randint(0, 256, (batch, 3, s, s), generator=g, dtype=torch.uint8).to(device) for s in recipe.sizes]
+    unlab = UnlabelledBatch(views, torch.zeros(batch, dtype=torch.long, device=device))
+    stage(unlab, 0)
+    times = [timed(lambda: stage(unlab, i), device) for i in range(steps)]
+    return {"method": method_name, "stage": "--gpu_aug photometric", "device": str(device), "images": batch,
+            "ms per batch": 1000 * statistics.median(times)}
+
+
+def bench(method_name: str, preset: str, device: torch.device, steps: int, warmup: int, bf16: bool,
+          extra: list[str] | None = None) -> dict:
+    method, optimizer, precision, step, lab, unlab, images = build(method_name, preset, device, steps + warmup,
+                                                                   bf16, extra or [])
     for i in range(warmup):
         step(lab, unlab, 0, i)
         network_only(method, optimizer, precision, lab, unlab)
@@ -132,15 +207,6 @@ def bench(method_name: str, preset: str, device: torch.device, steps: int, warmu
             "images/s": images / t_step, "overhead %": 100 * (t_step - t_net) / t_step}
 
 
-def print_table(rows: list[dict]) -> None:
-    columns = list(rows[0])
-    cells = [[f"{r[c]:.1f}" if isinstance(r[c], float) else str(r[c]) for c in columns] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    print("| " + " | ".join(c.ljust(w) for c, w in zip(columns, widths)) + " |")
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
-    for row in cells:
-        print("| " + " | ".join(v.ljust(w) for v, w in zip(row, widths)) + " |")
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -151,15 +217,28 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per method")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast instead of the recipe's precision")
+    parser.add_argument("--levers", type=int, nargs="?", const=len(LEVERS), default=0,
+                        help="one row per speed lever, added in turn (a number: only the first N rows, e.g. 6 "
+                             "leaves out --compile)")
+    parser.add_argument("--device_aug", action="store_true",
+                        help="also time --gpu_aug's photometric stage on one batch of the 224-px recipe's views")
+    parser.add_argument("extra", nargs="*", help="method flags after --, e.g. -- --tf32 true")
     opts = parser.parse_args()
     device = torch.device("cuda" if opts.device == "cuda" or (opts.device == "auto" and torch.cuda.is_available())
                           else "cpu")
     preset = opts.preset or ("imagenet" if device.type == "cuda" else "small")
     torch.manual_seed(0)
-    rows = [bench(m, preset, device, opts.steps, opts.warmup, opts.bf16) for m in opts.methods]
+    if opts.levers:
+        rows = [row for m in opts.methods
+                for row in bench_levers(m, preset, device, opts.steps, opts.warmup, opts.bf16, opts.extra,
+                                        opts.levers)]
+    else:
+        rows = [bench(m, preset, device, opts.steps, opts.warmup, opts.bf16, opts.extra) for m in opts.methods]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"
           + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""))
     print_table(rows)
+    if opts.device_aug:
+        print_table([bench_device_aug(m, device, opts.steps) for m in opts.methods])
 
 
 if __name__ == "__main__":

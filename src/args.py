@@ -61,6 +61,12 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
                    help="(new) lower scale of the labelled RandomResizedCrop (0.08 as torchvision/the release)")
     g.add_argument("--blur_radius", type=float, nargs=2, default=(0.1, 2.0),
                    help="(new) Gaussian blur radius range of the unlabelled views (the release's 0.1 2.0 at 224 px)")
+    g.add_argument("--fast_aug", type=bool_flag, default=False,
+                   help="(new) faster CPU augmentation with the same random draws: hue shift by colour table "
+                        "(within a few 8-bit levels of PIL's), fused normalisation (benchmarks/README.md)")
+    g.add_argument("--gpu_aug", type=bool_flag, default=False,
+                   help="(new) apply the unlabelled views' colour jitter, grey, blur, solarise and normalisation on "
+                        "the training device, per image, to whole batches; loader workers only decode, crop, flip")
     g.add_argument("--val_resize", type=int, default=256, help="(new) validation Resize (256 for ImageNet)")
     g.add_argument("--val_crop", type=int, default=224, help="(new) validation CenterCrop (224 for ImageNet)")
     g.add_argument("--mixup_unlab", type=bool_flag, default=False, help="mixup/cutmix on unlabelled views")
@@ -124,3 +130,21 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--rank", type=int, default=0, help="set from the environment; do not pass")
     g.add_argument("--local_rank", "--local-rank", type=int, default=None,
                    help="given by old launchers; the environment's LOCAL_RANK/SLURM_LOCALID wins")
+    add_speed_args(parser)
+
+
+def add_speed_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("speed (new)")
+    g.add_argument("--cudnn_benchmark", type=bool_flag, default=True,
+                   help="(new) let cuDNN time and pick convolution algorithms (the release's setting; CUDA only)")
+    g.add_argument("--tf32", type=bool_flag, default=False,
+                   help="(new) TF32 tensor-core matmuls in fp32 code (Ampere or newer; Daino's fp32 runs; changes "
+                        "results at the 1e-3 relative level). fp32 convolutions use TF32 by PyTorch's default")
+    g.add_argument("--compile", type=bool_flag, default=False,
+                   help="(new) torch.compile the student's forward (first steps slower while it compiles)")
+    g.add_argument("--fused_optimizer", type=bool_flag, default=False,
+                   help="(new) fused AdamW kernel on CUDA (Daino's optimiser; rounding-level differences; LARS "
+                        "and SGD unchanged)")
+    g.add_argument("--nan_check_every", type=int, default=1,
+                   help="(new) check the loss is finite every N steps instead of every step: the check is kept on "
+                        "the device in between, so the step does not wait for the GPU (1: the release's check)")

@@ -19,6 +19,8 @@ from src.data import (IMAGENET_MEAN, InfiniteLabelledLoader, LabelledBatch, Labe
                       UnlabelledCollate, build_datasets, build_own_datasets, build_unlabelled_loader,
                       build_val_loader, cached_file_lists, dino_multicrop, labelled_transform, swav_multicrop,
                       val_transform)
+from src.data.device_aug import DevicePhotometric
+from src.data.fast_aug import accelerate, hue_tables
 from src.distributed import DistInfo, local_world_size
 from src.errors import UserError
 from src.logging_utils import get_logger
@@ -53,6 +55,8 @@ class DataConfig:
     sources: OwnDataSpec = OwnDataSpec()  # own-data sources (docs/data.md); inactive: DATA/train + DATA/val
     cache_dir: str | None = None  # where the own-data file lists are cached (the output directory)
     rescan: bool = False
+    fast_aug: bool = False  # --fast_aug: src.data.fast_aug
+    gpu_aug: bool = False  # --gpu_aug: src.data.device_aug
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, unlab_batch_size: int, lab_batch_size: int, workers: int,
@@ -72,7 +76,8 @@ class DataConfig:
             mixup_lab=args.mixup_lab_type if args.mixup_lab else None, mixup_lab_prob=args.mixup_lab_prob,
             train_mode=args.train_mode, max_iters_per_epoch=args.max_iters_per_epoch,
             sources=OwnDataSpec.from_args(args), cache_dir=os.path.abspath(args.output_dir),
-            rescan=bool(getattr(args, "rescan_data", False)))
+            rescan=bool(getattr(args, "rescan_data", False)),
+            fast_aug=getattr(args, "fast_aug", False), gpu_aug=getattr(args, "gpu_aug", False))
 
 
     def eval_preprocessing(self) -> dict:
@@ -115,6 +120,7 @@ class DataBundle:
     class_to_idx: dict[str, int]
     iters_per_epoch: int
     unlab_batch_size: int
+    device_stage: DevicePhotometric | None = None  # --gpu_aug: the unlabelled views' photometric ops
 
     @property
     def class_names(self) -> list[str]:
@@ -146,23 +152,43 @@ def capped_workers(requested: int) -> int:
     return requested
 
 
+def augmentation_pipeline(cfg: DataConfig, dist: DistInfo) -> tuple[Callable, DevicePhotometric | None]:
+    """The unlabelled multi-crop transform of the loader workers and, with --gpu_aug, the device stage that
+    finishes it (the PIL recipe is the reference both faster paths are built from)."""
+    reference = cfg.multicrop(cfg.unlab_normalization)
+    get_logger().info("unlabelled augmentation: %s", "crops on the CPU, photometric ops on the device (--gpu_aug)"
+                      if cfg.gpu_aug else "fast CPU path (--fast_aug)" if cfg.fast_aug else "PIL (the reference)")
+    if cfg.gpu_aug:
+        return accelerate(reference, device_photometric=True), DevicePhotometric.from_transform(reference, cfg.seed,
+                                                                                                 dist.rank)
+    if not cfg.fast_aug:
+        return reference, None
+    fast = accelerate(reference)
+    for table, max_factor in hue_tables(fast):
+        table.build(max_factor)  # once, before the loader workers fork (they inherit the tables)
+    return fast, None
+
+
 def build_data(cfg: DataConfig, dist: DistInfo) -> DataBundle:
     """Datasets and loaders for ``cfg.train_mode``: semisup (both streams), supervised (labelled only, the
     baseline), selfsup (unlabelled only). An epoch is one pass over the unlabelled data either way."""
     norm = cfg.normalization
     workers = capped_workers(cfg.workers)
     use_unlab, use_lab = cfg.train_mode != "supervised", cfg.train_mode != "selfsup"
-    data = _datasets(cfg, dist, unlabelled_transform=cfg.multicrop(cfg.unlab_normalization) if use_unlab else None,
-                     labelled_transform=labelled_transform(cfg.lab_kind, size=cfg.lab_crop_size, normalization=norm,
-                                                           simple_crop=cfg.simple_crop, min_scale=cfg.lab_min_scale),
+    unlab_transform, device_stage = augmentation_pipeline(cfg, dist) if use_unlab else (None, None)
+    lab_transform = labelled_transform(cfg.lab_kind, size=cfg.lab_crop_size, normalization=norm,
+                                       simple_crop=cfg.simple_crop, min_scale=cfg.lab_min_scale)
+    if cfg.fast_aug and cfg.lab_kind != "augment3":  # 3-Augment's RandomChoice keeps the PIL path
+        lab_transform = accelerate(lab_transform)
+    data = _datasets(cfg, dist, unlabelled_transform=unlab_transform, labelled_transform=lab_transform,
                      val_transform=val_transform(cfg.val_resize, cfg.val_crop, normalization=norm))
     num_classes = len(data.class_to_idx)
     pin = dist.device.type == "cuda"
     unlab_loader = lab_loader = None
     if use_unlab:  # unreadable images are skipped and reported (src.data.bad_images)
-        unlab_loader = build_unlabelled_loader(SkipBadImages(data.unlabelled), cfg.unlab_batch_size, dist.rank,
-                                               dist.world_size, cfg.seed, workers,
-                                               SkippedCollate(UnlabelledCollate(mixup=cfg.mixup_unlab)),
+        unlab_loader = build_unlabelled_loader(
+            SkipBadImages(data.unlabelled), cfg.unlab_batch_size, dist.rank, dist.world_size, cfg.seed, workers,
+            SkippedCollate(UnlabelledCollate(mixup=cfg.mixup_unlab, defer_mix=cfg.gpu_aug)),
                                                pin_memory=pin)
         iters = len(unlab_loader)
     else:
@@ -192,7 +218,7 @@ def build_data(cfg: DataConfig, dist: DistInfo) -> DataBundle:
                              "cover the other %d classes", ", ".join(data.val_missing_classes),
                              num_classes - len(data.val_missing_classes))
     return DataBundle(unlab_loader, lab_loader, val_loader, num_classes, data.class_to_idx, iters,
-                      cfg.unlab_batch_size)
+                      cfg.unlab_batch_size, device_stage)
 
 
 def _datasets(cfg: DataConfig, dist: DistInfo, unlabelled_transform, labelled_transform,

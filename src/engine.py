@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from src import distributed
+from src import distributed, perf
 from src.checkpoint import LAYOUT_VERSION, checkpoint_networks, copy_snapshot, read_checkpoint, save_checkpoint_atomic
 from src.data.bad_images import BadImageTracker
 from src.data_setup import DataBundle, DataConfig, build_data
@@ -75,9 +75,10 @@ class TrainStep:
     method's gradient rules -> per-parameter clipping -> optimiser step -> EMA."""
 
     def __init__(self, method: Method, optimizer: torch.optim.Optimizer, schedules: Schedules,
-                 precision: Precision, clip_grad: float = 0.0) -> None:
+                 precision: Precision, clip_grad: float = 0.0, nan_check_every: int = 1) -> None:
         self.method, self.optimizer, self.schedules = method, optimizer, schedules
         self.precision, self.clip_grad = precision, clip_grad
+        self.finite = perf.FiniteCheck(nan_check_every)
 
     def __call__(self, lab: Any, unlab: Any, epoch: int, iteration: int, checkpoint_hint: str = "none yet"):
         it = min(iteration, len(self.schedules.lr) - 1)
@@ -86,10 +87,15 @@ class TrainStep:
         self.method.before_step(epoch, iteration)
         with self.precision.autocast():
             out = self.method.training_step(lab, unlab, epoch, iteration)
-        loss_value = out.loss.item()
-        if not math.isfinite(loss_value):
-            raise TrainingDiverged(f"loss is {loss_value} at iteration {iteration} (epoch {epoch}); stopping "
-                                   f"without saving. Last good checkpoint: {checkpoint_hint}")
+        if self.finite.every == 1:
+            loss_value = out.loss.item()
+            if not math.isfinite(loss_value):
+                raise TrainingDiverged(f"loss is {loss_value} at iteration {iteration} (epoch {epoch}); stopping "
+                                       f"without saving. Last good checkpoint: {checkpoint_hint}")
+        else:  # --nan_check_every N: no host sync here; read back every N steps and before any checkpoint
+            self.finite.record(out.loss, iteration)
+            if self.finite.due(iteration):
+                self.check_finite(checkpoint_hint)
         scaler = self.precision.scaler
         self.optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
@@ -108,6 +114,13 @@ class TrainStep:
             self.optimizer.step()
         self.method.after_optimizer_step(epoch, iteration, self.schedules)
         return out
+
+    def check_finite(self, checkpoint_hint: str = "none yet") -> None:
+        """Raise ``TrainingDiverged`` if a loss recorded since the start was not finite (--nan_check_every)."""
+        bad = self.finite.first_bad_iteration()
+        if bad is not None:
+            raise TrainingDiverged(f"loss is not finite at iteration {bad} (checked every {self.finite.every} "
+                                   f"steps); stopping without saving. Last good checkpoint: {checkpoint_hint}")
 
 
 def seed_everything(seed: int) -> None:
@@ -149,6 +162,7 @@ class Trainer:
         os.makedirs(args.output_dir, exist_ok=True)
         self.logger = setup_logging(args.output_dir, self.dist.rank)
         self.device = self.dist.device
+        perf.configure_backends(args, self.device)
         # The release seeds every rank alike (--seed_per_rank: rank r seeds --seed + r).
         seed_everything(args.seed + self.dist.rank if fix_on(args, "seed_per_rank") else args.seed)
         self.logger.info("device %s, %d process(es), backend %s", self.device, self.dist.world_size,
@@ -160,15 +174,15 @@ class Trainer:
         for module in self.method.networks():
             module.to(self.device, memory_format=memory_format)
         self.student_ddp = self._wrap_student(self.method.student)
-        self.method.forward_student = self.student_ddp
+        self.method.forward_student = perf.maybe_compile(self.student_ddp, args)
         self.method.restart_ema_from_student()  # after DDP's broadcast, as the releases
         fixes = active_fixes(args, self.method.name)
         self.logger.info("arithmetic: %s", "release-exact" if not fixes else "fixes on: " + ", ".join(fixes))
-        self.optimizer = self.method.build_optimizer()
+        self.optimizer = perf.maybe_fuse(self.method.build_optimizer(), args, self.device)
         self.schedules: Schedules = self.method.build_schedules(self.data.iters_per_epoch)
         self.precision = Precision(args.use_fp16, args.use_bf16, self.device)
         self.step = TrainStep(self.method, self.optimizer, self.schedules, self.precision,
-                              getattr(args, "clip_grad", 0.0))
+                              getattr(args, "clip_grad", 0.0), getattr(args, "nan_check_every", 1))
         self.state = RunState()
         self.checkpoint_path = os.path.join(args.output_dir, CHECKPOINT_NAME)
         self.last_good_checkpoint = self.checkpoint_path if os.path.isfile(self.checkpoint_path) else "none yet"
@@ -314,6 +328,8 @@ class Trainer:
             cl = self.args.channels_last
             lab = lab.to(self.device, non_blocking=True, channels_last=cl) if lab is not None else None
             unlab = unlab.to(self.device, non_blocking=True, channels_last=cl) if unlab is not None else None
+            if unlab is not None and self.data.device_stage is not None:  # --gpu_aug
+                unlab = self.data.device_stage(unlab, self.state.iteration, channels_last=cl)
             data_time = watch.lap()
             out = self.step(lab, unlab, epoch, self.state.iteration, self.last_good_checkpoint)
             if self.device.type == "cuda":
@@ -405,6 +421,7 @@ class Trainer:
 
     def save_checkpoint(self) -> None:
         """Every stateful object, atomically, by rank 0 (collective parts gathered on every rank first)."""
+        self.step.check_finite(self.last_good_checkpoint)  # never save a diverged model (--nan_check_every)
         method_state = self.method.state_dict()  # may gather across ranks: every rank calls it
         lab_state = self.data.lab_loader.state_dict() if self.data.lab_loader is not None else None
         rng = gather_rng_states()

@@ -88,6 +88,7 @@ class UnlabelledBatch(_BatchMethods):
     mix_pairs: list[tuple[int, int]] = field(default_factory=list)  # (a, b): views mixed, b flipped
     mix_target_pairs: list[tuple[int, int]] = field(default_factory=list)  # assigned crops whose q to mix
     skipped: list[str] = field(default_factory=list)  # unreadable images replaced in this batch (bad_images)
+    mix_params: list[MixParams] = field(default_factory=list)  # what made each mixed view (--gpu_aug remixes)
 
     @property
     def batch_size(self) -> int:
@@ -150,10 +151,11 @@ class UnlabelledCollate:
     """Collate for the unlabelled multi-view stream -> ``UnlabelledBatch`` (see the module docstring)."""
 
     def __init__(self, mixup: str | None = None, mixup_alpha: float = 1.0, cutmix_alpha: float = 1.0,
-                 prob: float = 1.0, switch_prob: float = 0.5) -> None:
+                 prob: float = 1.0, switch_prob: float = 0.5, defer_mix: bool = False) -> None:
         if mixup is not None and mixup not in UNLABELLED_MIXUP_MODES:
             raise ValueError(f"unlabelled mixup mode {mixup!r}: expected one of {UNLABELLED_MIXUP_MODES} or None")
         self.mixup = mixup
+        self.defer_mix = defer_mix  # draw the parameters, leave mixed_views empty (--gpu_aug mixes on the device)
         self.mixup_alpha, self.cutmix_alpha, self.prob, self.switch_prob = mixup_alpha, cutmix_alpha, prob, switch_prob
 
     def mixed_pairs(self, n_views: int) -> list[tuple[int, int]]:
@@ -181,7 +183,9 @@ class UnlabelledCollate:
                                  "(use --mixup_unlab_type globals, or crop groups of even sizes)")
             params: MixParams = sample_mix_params(views[a].shape[-2], views[a].shape[-1], rng, self.mixup_alpha,
                                                   self.cutmix_alpha, self.prob, self.switch_prob)
-            batch.mixed_views.append(apply_mix(views[a], views[b], params))
+            if not self.defer_mix:
+                batch.mixed_views.append(apply_mix(views[a], views[b], params))
+            batch.mix_params.append(params)
             batch.mix_lams.append(params.lam)
             batch.mix_pairs.append((a, b))
             batch.mix_target_pairs.append((0, 1))

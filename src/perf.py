@@ -1,0 +1,72 @@
+"""The GPU step's speed levers, each behind a flag (``--cudnn_benchmark``, ``--tf32``, ``--compile``,
+``--fused_optimizer``, ``--nan_check_every``, defined in ``src.args``); ``benchmarks/throughput.py``
+measures each.
+
+Defaults keep the release's arithmetic: ``cudnn.benchmark`` on (the release sets it: the convolution
+algorithm is chosen by timing, which changes results only at rounding level), TF32 matmuls off (PyTorch's
+default; fp32 convolutions may use TF32 under PyTorch's default ``cudnn.allow_tf32``, as in the release),
+no compilation, the optimisers' default (for-each) kernels, and a finiteness check of the loss every step.
+"""
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+
+def configure_backends(args: argparse.Namespace, device: torch.device) -> None:
+    """cuDNN autotuning and TF32 as the flags ask (process-wide PyTorch settings, set once at start-up)."""
+    if device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = getattr(args, "cudnn_benchmark", True)
+    torch.backends.cuda.matmul.allow_tf32 = getattr(args, "tf32", False)  # PyTorch's default: False
+
+
+def maybe_compile(forward: nn.Module, args: argparse.Namespace) -> Callable:
+    """``torch.compile(forward)`` with ``--compile true``. The compiled wrapper is only called, never saved:
+    checkpoints keep the plain module's parameter names."""
+    return torch.compile(forward) if getattr(args, "compile", False) else forward
+
+
+def maybe_fuse(optimizer: torch.optim.Optimizer, args: argparse.Namespace,
+               device: torch.device) -> torch.optim.Optimizer:
+    """The same AdamW (groups, hyper-parameters) with the fused CUDA kernel, with ``--fused_optimizer true``.
+    Other optimisers (LARS, SGD) are returned unchanged."""
+    if not getattr(args, "fused_optimizer", False) or device.type != "cuda" or type(optimizer) is not torch.optim.AdamW:
+        return optimizer
+    groups = [{k: v for k, v in group.items() if k not in ("fused", "foreach")} for group in optimizer.param_groups]
+    return torch.optim.AdamW(groups, fused=True)
+
+
+class FiniteCheck:
+    """Loss finiteness checked every ``every`` steps without a host synchronisation in between.
+
+    Each step records, on the device, the first iteration whose loss was not finite; ``due`` says when to
+    read it back (one sync every ``every`` steps); the engine also checks before writing a checkpoint, so a
+    diverged model is never saved. With ``every`` = 1 the step reads the loss itself (the release's check)."""
+
+    def __init__(self, every: int = 1) -> None:
+        if every < 1:
+            raise ValueError(f"--nan_check_every must be >= 1, got {every}")
+        self.every = every
+        self.first_bad: torch.Tensor | None = None
+
+    def record(self, loss: torch.Tensor, iteration: int) -> None:
+        bad = ~torch.isfinite(loss.detach())
+        if self.first_bad is None:
+            self.first_bad = torch.full((), -1, dtype=torch.long, device=loss.device)
+        self.first_bad = torch.where(bad & (self.first_bad < 0), torch.full_like(self.first_bad, iteration),
+                                     self.first_bad)
+
+    def due(self, iteration: int) -> bool:
+        return (iteration + 1) % self.every == 0
+
+    def first_bad_iteration(self) -> int | None:
+        """The first recorded iteration with a non-finite loss (one host sync), or None."""
+        if self.first_bad is None:
+            return None
+        value = int(self.first_bad.item())
+        return value if value >= 0 else None
