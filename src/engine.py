@@ -123,6 +123,13 @@ class TrainStep:
                                    f"steps); stopping without saving. Last good checkpoint: {checkpoint_hint}")
 
 
+def validation_precision(args: argparse.Namespace, device: torch.device) -> Precision:
+    """Validation's precision: fp32, as the releases validate; the training autocast with --amp_eval."""
+    if not fix_on(args, "amp_eval"):
+        return Precision(False, False, device)
+    return Precision(args.use_fp16 and device.type == "cuda", args.use_bf16, device)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -378,8 +385,7 @@ class Trainer:
             images, labels = images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
             if self.args.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            # The release validates in fp32; --amp_eval: under the training autocast.
-            with self.precision.autocast() if fix_on(self.args, "amp_eval") else contextlib.nullcontext():
+            with validation_precision(self.args, self.device).autocast():
                 for name, fn in evaluators.items():
                     logits = fn(images).float()
                     top1, top5 = correct_topk(logits, labels, (1, 5))

@@ -87,12 +87,11 @@ class TrainedModel:
         return "teacher" if self.method_name == "daino" else "student"
 
     def eval_precision(self) -> Any:
-        """The engine's ``Precision`` for this run's flags (bf16 / fp16 autocast as validation runs them), so
-        that predictions equal ``--evaluate``'s. fp16 is CUDA-only (the engine ignores it on the CPU)."""
-        from src.engine import Precision  # the engine imports the whole training stack: only when needed
+        """The precision validation runs in for this run's flags (fp32 unless --amp_eval), so that predictions
+        equal ``--evaluate``'s."""
+        from src.engine import validation_precision  # the engine imports the whole training stack: only when needed
 
-        device = next(self.method.student.parameters()).device
-        return Precision(self.args.use_fp16 and device.type == "cuda", self.args.use_bf16, device)
+        return validation_precision(self.args, next(self.method.student.parameters()).device)
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
         """A batch on the model's device and in its memory format (``--channels_last``), as validation does."""
