@@ -440,7 +440,7 @@ class Trainer:
             "method_name": self.method.name,
             "student": self.method.student.state_dict(),
             **{name: network.state_dict() for name, network in self.method.kept_networks().items()},
-            "classes": sorted(self.data.class_to_idx, key=self.data.class_to_idx.__getitem__),
+            "classes": self.data.class_names,
             "eval_preprocessing": self.data_config.eval_preprocessing(),
             "method": method_state,
             "optimizer": self.optimizer.state_dict(),
@@ -453,7 +453,6 @@ class Trainer:
             "wandb_id": self.state.wandb_id,
             "world_size": self.dist.world_size,
             "args": plain_args(self.args),
-            "class_names": self.data.class_names,
             "bad_images": self.bad_images.state_dict(),
         }
         save_checkpoint_atomic(state, self.checkpoint_path)

@@ -62,7 +62,7 @@ def test_folders_without_validation_train_log_and_checkpoint(module, tiny, own_d
     # labelled images are in the unlabelled stream (default) with their class: pseudo-label accuracy on them
     assert "train_pseudo_acc1" in stats
     ckpt = read_checkpoint(os.path.join(out, "checkpoint.pth"))
-    assert ckpt["class_names"] == CLASSES and ckpt["iteration"] == 3
+    assert ckpt["classes"] == CLASSES and ckpt["iteration"] == 3
     assert "val_acc1" not in json.load(open(os.path.join(out, "results.json")))
 
 
@@ -139,7 +139,7 @@ def test_own_data_through_the_launcher(own_data, tmp_path):
                               "--max_iters_per_epoch", "2"], entry_root=REPO)
     assert code == 0
     [exp] = glob.glob(os.path.join(base, "*-own"))
-    assert read_checkpoint(os.path.join(exp, "checkpoint.pth"))["class_names"] == CLASSES
+    assert read_checkpoint(os.path.join(exp, "checkpoint.pth"))["classes"] == CLASSES
 
 
 def test_torchrun_two_processes_on_own_data(own_data, tmp_path):
@@ -152,5 +152,5 @@ def test_torchrun_two_processes_on_own_data(own_data, tmp_path):
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ckpt = read_checkpoint(os.path.join(out, "checkpoint.pth"))
-    assert ckpt["world_size"] == 2 and ckpt["iteration"] == 2 and ckpt["class_names"] == CLASSES
+    assert ckpt["world_size"] == 2 and ckpt["iteration"] == 2 and ckpt["classes"] == CLASSES
     assert len(glob.glob(os.path.join(out, "data_files-*.json"))) == 1
