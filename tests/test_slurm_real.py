@@ -273,19 +273,20 @@ def test_preempted_job_requeues_resumes_and_ends_with_the_uninterrupted_weights(
 def test_cancelled_daino_job_leaves_a_consistent_experiment_that_resume_continues(slurm, inputs, tmp_path, capsys):
     base = str(tmp_path / "exps")
     experiment = os.path.join(base, "daino")
-    job_id = submit(launcher_argv(inputs, "daino", base, "daino", 3), capsys)
+    # 12 short epochs (~2 s each): the job must still be running when the first checkpoint is seen and cancelled
+    job_id = submit(launcher_argv(inputs, "daino", base, "daino", 12), capsys)
     checkpoint = os.path.join(experiment, "checkpoint.pth")
     wait_for(lambda: checkpoint_epoch(checkpoint) >= 1, JOB_TIMEOUT_S, "the first epoch's checkpoint")
     subprocess.run(["scancel", job_id], check=True, timeout=30)
     assert wait_for_job(job_id, experiment, 60) == "CANCELLED"
     epoch = checkpoint_epoch(checkpoint)
-    assert 1 <= epoch < 3 and not [p for p in os.listdir(experiment) if ".tmp" in p]
+    assert 1 <= epoch < 12 and not [p for p in os.listdir(experiment) if ".tmp" in p]
     assert not os.path.exists(os.path.join(experiment, "results.json"))
 
     resumed = submit(["--resume", experiment], capsys)
     assert resumed != job_id
     assert wait_for_job(resumed, experiment) == "COMPLETED", task_logs(experiment, resumed)
     assert f"resumed from {checkpoint}: epoch {epoch}" in Path(experiment, "train.log").read_text()
-    assert_finished_run(experiment, resumed, epochs=3)
+    assert_finished_run(experiment, resumed, epochs=12)
     launches = Path(experiment, "launches.jsonl").read_text().splitlines()
     assert [f'"job_id": "{j}"' in line for line, j in zip(launches, (job_id, resumed))] == [True, True]
