@@ -10,7 +10,6 @@ import os
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
-import torch
 from torch.utils.data import DataLoader
 
 from src import distributed

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
 from src.losses import multiview_cross_entropy, smooth_labels, soft_cross_entropy, weighted_by_rows
 

@@ -7,12 +7,11 @@ import os
 import pytest
 import torch
 
-import main_suave
 from src.checkpoint import read_checkpoint
 from src.perf import FiniteCheck, configure_backends, maybe_compile, maybe_fuse
 from suave.args import get_args_parser
 
-from .test_training import SUAVE_TINY, common, run, tiny_data  # noqa: F401 (fixture)
+from .test_training import run_with_nan_at_third_step, tiny_data  # noqa: F401 (fixture)
 
 
 def test_defaults_keep_the_release_settings():
@@ -55,25 +54,6 @@ def test_finite_check_records_the_first_bad_iteration_on_the_device():
     assert [check.due(i) for i in range(6)] == [False, False, True, False, False, True]
 
 
-def _run_with_nan_at_third_step(tiny_data, out, monkeypatch, every: int) -> tuple[int, int]:
-    """A tiny Suave run (checkpoints every 2 iterations) whose loss is NaN at its third step (iteration 2):
-    (exit code, number of steps run)."""
-    import src.method
-
-    real = src.method.semisup_objective
-    calls = {"n": 0}
-
-    def nan_at_third_step(inputs):
-        loss, terms = real(inputs)
-        calls["n"] += 1
-        return (loss * float("nan") if calls["n"] == 3 else loss), terms
-
-    monkeypatch.setattr(src.method, "semisup_objective", nan_at_third_step)
-    code = run(main_suave, common(tiny_data, out, 1) + SUAVE_TINY + ["--checkpoint_every_iters", "2",
-                                                                      "--nan_check_every", str(every)])
-    return code, calls["n"]
-
-
 @pytest.mark.parametrize("every", [4, 100], ids=["check-due", "checkpoint-guard"])
 def test_deferred_nan_check_stops_before_saving_and_names_the_iteration(every, tiny_data, tmp_path,  # noqa: F811
                                                                         monkeypatch, capsys):
@@ -81,7 +61,7 @@ def test_deferred_nan_check_stops_before_saving_and_names_the_iteration(every, t
     first and refuses. Either way the run stops after its 4th step, names iteration 2, and the last good
     checkpoint (iteration 2) is intact."""
     out = str(tmp_path / "exp")
-    assert _run_with_nan_at_third_step(tiny_data, out, monkeypatch, every) == (3, 4)
+    assert run_with_nan_at_third_step(tiny_data, out, monkeypatch, ["--nan_check_every", str(every)]) == (3, 4)
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert "iteration 2" in message and f"every {every} steps" in message
     assert read_checkpoint(os.path.join(out, "checkpoint.pth"))["iteration"] == 2

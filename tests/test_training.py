@@ -134,7 +134,9 @@ def test_resume_mid_epoch_equals_uninterrupted(tiny_data, tmp_path):
     torch.testing.assert_close(b["method"]["queue"]["queue"], a["method"]["queue"]["queue"])
 
 
-def test_nan_loss_stops_naming_iteration_and_keeps_last_checkpoint(tiny_data, tmp_path, monkeypatch, capsys):
+def run_with_nan_at_third_step(tiny_data, out: str, monkeypatch, extra: list[str]) -> tuple[int, int]:
+    """A tiny Suave run (checkpoints every 2 iterations) whose loss is NaN at its third step (iteration 2):
+    (exit code, number of steps run)."""
     import src.method
 
     real = src.method.semisup_objective
@@ -146,8 +148,13 @@ def test_nan_loss_stops_naming_iteration_and_keeps_last_checkpoint(tiny_data, tm
         return (loss * float("nan") if calls["n"] == 3 else loss), terms
 
     monkeypatch.setattr(src.method, "semisup_objective", nan_at_third_step)
+    code = run(main_suave, common(tiny_data, out, 1) + SUAVE_TINY + ["--checkpoint_every_iters", "2", *extra])
+    return code, calls["n"]
+
+
+def test_nan_loss_stops_naming_iteration_and_keeps_last_checkpoint(tiny_data, tmp_path, monkeypatch, capsys):
     out = str(tmp_path / "exp")
-    code = run(main_suave, common(tiny_data, out, 1) + SUAVE_TINY + ["--checkpoint_every_iters", "2"])
+    code, _ = run_with_nan_at_third_step(tiny_data, out, monkeypatch, [])
     assert code == 3
     message = capsys.readouterr().err.strip().splitlines()[-1]
     assert "iteration 2" in message and os.path.join(out, "checkpoint.pth") in message
