@@ -366,6 +366,11 @@ def _strip_prefixes(key: str, prefixes: Sequence[str]) -> str:
     return key
 
 
+def strip_wrapper_prefixes(state_dict: Mapping[str, Tensor], where: str = "") -> dict[str, Tensor]:
+    """``state_dict`` without the DDP / ``torch.compile`` wrappers' key prefixes (``module.``, ``_orig_mod.``)."""
+    return _rename_keys(state_dict, _WRAPPER_PREFIXES, where)
+
+
 def _rename_keys(state_dict: Mapping[str, Tensor], prefixes: Sequence[str], where: str) -> dict[str, Tensor]:
     """``state_dict`` with ``prefixes`` stripped from every key; CheckpointError if two keys then collide."""
     renamed: dict[str, Tensor] = {}
@@ -535,7 +540,7 @@ def load_pretrained_projection(
     """
     checkpoint, where = _as_checkpoint(path, flag)
     state_dict = extract_state_dict(checkpoint, checkpoint_key, where)
-    found = _rename_keys(state_dict, _WRAPPER_PREFIXES, where)
+    found = strip_wrapper_prefixes(state_dict, where)
     module = unwrap_module(network)
     projection, classifier, kind = _projection_prefixes(module)
     prefixes = (projection, classifier) if load_classifier else (projection,)

@@ -139,7 +139,7 @@ def test_bad_input_is_refused_with_one_line(case, tiny, tmp_path, capsys):
     torch.save({f"module.{k}": v for k, v in build_backbone("cnn6").state_dict().items()}, swav_file)
     argv, message = {
         "missing": (["--pretrained", str(tmp_path / "nope.pth")], "checkpoint file not found"),
-        "wrong_key": (["--checkpoint_key", "teacher"], "holds no teacher network (it holds: student"),
+        "wrong_key": (["--checkpoint_key", "teacher"], "has no 'teacher' network"),
         "arch_ours": (["--arch", "cnn8"], "--arch cnn8 does not match"),
         "arch_release": (["--arch", "cnn6w2", "--pretrained", str(swav_file)], "wrong shape"),
     }[case]
