@@ -185,11 +185,14 @@ class Trainer:
                           wd=self.optimizer.param_groups[0].get("weight_decay", 0.0),
                           data_s=data_time, step_s=compute_time,
                           img_s=rows * self.dist.world_size / max(data_time + compute_time, 1e-9))
+            if it > start_it:  # the epoch's first step pays for start-up (loader, allocator): not a steady step
+                meters.update(steady_iter_s=data_time + compute_time)
             self.state.iteration += 1
             self.state.iter_in_epoch = it + 1
             if it % args.log_freq == 0 or it == total - 1:
                 self.logger.info(meters.progress_line(f"Epoch [{epoch}/{args.epochs}]", it, total,
-                                                      watch.elapsed() * (it + 1) / max(it + 1 - start_it, 1)))
+                                                      watch.elapsed() * (it + 1) / max(it + 1 - start_it, 1),
+                                                      skip=("steady_iter_s",)))
             if args.checkpoint_every_iters and self.state.iteration % args.checkpoint_every_iters == 0 \
                     and it + 1 < total:
                 self.save_checkpoint()
