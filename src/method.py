@@ -7,15 +7,17 @@ A method subclasses ``Method`` and MUST provide:
   ``forward(list of (B, C, H, W) crops)`` returns a ``src.models.NetworkOutput`` (``.scores``: the (N, K) class
   scores of every row, in input order; ``SwAVNetwork`` and ``DINONetwork`` do);
 - ``build_optimizer()`` and ``build_schedules(iters_per_epoch)``;
-- ``unlabelled_targets(unlab, out, view_rows, epoch)``: the (B, K) target of each clean unlabelled view.
+- ``unlabelled_targets(unlab, out, view_rows, epoch)``: the (B, K) target of each clean unlabelled view (used
+  by the shared ``training_step``: one weighted cross-entropy, ``src.objective``; a method may override
+  ``training_step`` instead, returning a ``StepOutput``).
 
 Everything else has a default it MAY override: ``snapshot_freq`` (0: no ``checkpointNNNN.pth`` snapshots),
 ``set_train_modes``, ``before_step``, ``add_labelled_extras``, ``after_backward``, ``after_optimizer_step`` (the
 EMA update of ``ema_pairs``), ``eval_scores`` (default: ``{"main": student scores}``), ``networks``,
-``eval_modules``, ``clip_modules``, ``kept_networks`` (``"teacher"``: an EMA copy, restarted from the student),
-``state_dict``/``load_state_dict``; ``training_step`` (one weighted cross-entropy, ``src.objective``) is shared.
-The engine (``src/engine.py``) owns the loop, precision, DDP, checkpoints and logs, and reaches the method only
-through these names.
+``eval_modules``, ``clip_modules``, ``kept_networks`` (``"teacher"``: an EMA copy, restarted from the student by
+``restart_ema_from_student``), ``state_dict``/``load_state_dict``. The engine (``src/engine.py``) owns the loop,
+precision, DDP, checkpoints and logs; it sets ``forward_student`` (the DDP-wrapped student: training forwards go
+through it) and reaches the method only through the names above.
 """
 from __future__ import annotations
 
