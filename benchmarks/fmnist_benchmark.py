@@ -5,7 +5,7 @@
 
 Each run is a recipe of ``suave/scripts`` / ``daino/scripts`` (the same files a user launches), run in turn with
 the same budget of training wall time (``--time_budget_min``; the periodic evaluations are not counted) and a
-test-set evaluation every ``--eval_every_min`` minutes (``evals.csv`` of the run). Before each run a short
+test-set evaluation every ``--eval_every_min`` minutes (``evals.jsonl`` of the run). Before each run a short
 calibration (``--calibration_iters`` steps) measures the step time on this machine, so that the learning-rate
 schedule (cosine over ``--epochs`` x ``--max_iters_per_epoch`` steps) ends when the budget does: the recipe's
 ``--epochs`` is kept (it fixes the shape of the schedule: warm-up share, queue start) and the iterations per
@@ -14,9 +14,11 @@ epoch are sized to the budget. The two-stage run spends ``--pretrain_fraction`` 
 
 Writes to ``--out``: ``results.csv`` and ``results.md`` (method, labels, test top-1 at 10/20/30 minutes and at
 the end, epochs, iterations, images/s, wall time, seed), ``accuracy_vs_time.png`` and one folder per run
-(checkpoint, train.log, stats.csv, evals.csv). With ``--reuse`` a run whose folder already holds a finished run of
-the same recipe and flags (``results.json``; only the budget-sized schedule may differ) is read back instead of
-run again, so an interrupted benchmark resumes and a table can gather runs made at different times. "Test" is
+(checkpoint, train.log, stats.csv/.jsonl, evals.csv/.jsonl, results.json). Every number comes from a run's
+structured output (``results.json``; ``stats.jsonl``: step time and images/s; ``evals.jsonl``: the accuracy
+curve), none from ``train.log``. With ``--reuse`` a run whose folder already holds a finished run of the same
+recipe and flags (``results.json``; only the budget-sized schedule may differ) is read back instead of run again,
+so an interrupted benchmark resumes and a table can gather runs made at different times. "Test" is
 Fashion-MNIST's 10,000-image test split (the ``val`` folder of the converted dataset). Every number measured goes
 in the table, including disappointing ones.
 """
@@ -27,7 +29,6 @@ import csv
 import json
 import math
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -50,7 +51,6 @@ RECIPES = {
     "daino": ["daino/scripts/fmnist_1perc.sh"],
     "swav+suave": ["suave/scripts/fmnist_swav_pretrain.sh", "suave/scripts/fmnist_swav_suave_1perc.sh"],
 }
-PROGRESS = re.compile(r"\[(\d+)/(\d+)\].*?data_s ([0-9.e-]+)\s+step_s ([0-9.e-]+)\s+img_s ([0-9.e-]+)")
 
 
 @dataclass
@@ -94,29 +94,29 @@ def run(entry: str, flags: list[str], log_path: Path, threads: int) -> None:
         raise SystemExit(f"{entry} failed with exit code {code}; see {log_path}")
 
 
-def progress(train_log: Path) -> list[tuple[int, float, float]]:
-    """(iteration, running mean of data + step seconds, running mean of images/s) of each progress line."""
-    matches = PROGRESS.findall(train_log.read_text()) if train_log.exists() else []
-    if not matches:
-        raise SystemExit(f"no progress line in {train_log}: did the run train at all?")
-    lines = [(int(it), float(data_s) + float(step_s), float(img_s)) for it, _, data_s, step_s, img_s in matches]
-    starts = [i for i in range(len(lines)) if i == 0 or lines[i][0] <= lines[i - 1][0]]
-    return lines[starts[-1]:]  # the last epoch's lines (the meters restart every epoch)
-
-
-def steady_step_seconds(train_log: Path) -> float:
-    """Seconds per step after start-up: the running means of the first and last progress lines differenced, so
-    the first iterations (loader start, allocator warm-up) do not count."""
-    lines = progress(train_log)
-    (n0, s0, _), (n1, s1, _) = lines[0], lines[-1]
-    return (s1 * n1 - s0 * n0) / (n1 - n0) if n1 > n0 else s1
-
-
-def read_csv(path: Path) -> list[dict]:
+def read_jsonl(path: Path) -> list[dict]:
+    """The rows of a ``.jsonl`` file of a run (none when it does not exist)."""
     if not path.exists():
         return []
-    with open(path, newline="") as handle:
-        return list(csv.DictReader(handle))
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def last_epoch_stats(run_dir: Path) -> dict:
+    """The last row of the run's ``stats.jsonl`` (the engine's per-epoch averages: ``train_img_s``,
+    ``train_steady_iter_s``, ...)."""
+    rows = read_jsonl(run_dir / "stats.jsonl")
+    if not rows:
+        raise SystemExit(f"no row in {run_dir / 'stats.jsonl'}: did the run train at all?")
+    return rows[-1]
+
+
+def steady_step_seconds(run_dir: Path) -> float:
+    """Seconds per step (data + compute) after start-up: the engine's ``steady_iter_s``, which leaves out the first
+    step of each epoch (loader start, allocator warm-up); the whole average when the epoch had one step."""
+    stats = last_epoch_stats(run_dir)
+    if "train_steady_iter_s" in stats:
+        return float(stats["train_steady_iter_s"])
+    return float(stats["train_data_s"]) + float(stats["train_step_s"])
 
 
 def full_epoch_iters(flags: list[str], entry: str, train_images: int = 60000) -> int:
@@ -135,7 +135,7 @@ def calibrate_schedule(recipe_path: str, common: dict[str, list[str]], args: arg
     shutil.rmtree(calib_dir, ignore_errors=True)  # a fresh run, not a resume
     calib_dir.mkdir(parents=True)
     run(entry, flags, calib_dir / "stdout.log", args.threads)
-    step_s = steady_step_seconds(calib_dir / "train.log")
+    step_s = steady_step_seconds(calib_dir)
     _, recipe = recipe_flags(recipe_path, {})
     epochs, iters = size_schedule(budget_min * 60 / step_s, int(flag_value(recipe, "--epochs", "100")),
                                   full_epoch_iters(recipe, entry), args.min_epoch_iters)
@@ -181,8 +181,8 @@ def run_stage(stage: Stage, common: dict[str, list[str]], args: argparse.Namespa
         stage.results = json.loads((stage.out_dir / "results.json").read_text())
         stage.wall_s = time.perf_counter() - started
         (stage.out_dir / STAGE_RECORD).write_text(json.dumps({"wall_s": stage.wall_s}) + "\n")
-    stage.evals = read_csv(stage.out_dir / "evals.csv")
-    stage.img_s = progress(stage.out_dir / "train.log")[-1][2]
+    stage.evals = read_jsonl(stage.out_dir / "evals.jsonl")
+    stage.img_s = float(last_epoch_stats(stage.out_dir)["train_img_s"])
 
 
 def check_reusable(stage: Stage, overrides: dict[str, list[str]]) -> None:
@@ -216,7 +216,7 @@ def curve_of(stages: list[Stage], classify_from: int) -> list[tuple[float, float
     for i, stage in enumerate(stages):
         if i >= classify_from:
             points += [(offset + float(row["train_minutes"]), float(row["val_acc1"])) for row in stage.evals
-                       if row.get("val_acc1")]
+                       if "val_acc1" in row]
             if "val_acc1" in stage.results:
                 points.append((offset + float(stage.results.get("train_minutes", stage.budget_min)),
                                float(stage.results["val_acc1"])))

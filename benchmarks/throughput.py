@@ -1,7 +1,7 @@
 """Throughput of a full Suave / Daino training step, and the share of it spent outside the networks.
 
 For each method it times, side by side in one run and alternating, on the same fixed batch:
-  step     the production step (src.engine.TrainStep): forward, targets (Sinkhorn + queue / teacher
+  step     the production step (src.train_step.TrainStep): forward, targets (Sinkhorn + queue / teacher
            centering), loss, backward, gradient rules, clipping, optimiser, EMA
   network  the same networks' forward (student on every crop, teacher/momentum encoder on the globals),
            backward of a trivial loss, and the optimiser step
@@ -36,7 +36,7 @@ from daino.method import DainoMethod  # noqa: E402
 from benchmarks.report import print_table  # noqa: E402
 from src.data import LabelledBatch, UnlabelledBatch  # noqa: E402
 from src import perf  # noqa: E402
-from src.engine import Precision, TrainStep  # noqa: E402
+from src.train_step import Precision, TrainStep  # noqa: E402
 from suave.args import get_args_parser as suave_parser  # noqa: E402
 from suave.method import SuaveMethod  # noqa: E402
 
@@ -88,10 +88,9 @@ def network_only(method, optimizer, precision: Precision, lab, unlab) -> None:
     """Forward of the student on every crop (and of the teacher/momentum encoder on the globals), backward of
     a trivial loss, optimiser step: the part of a step that is the networks themselves."""
     with precision.autocast():
-        out = method.student([lab.images] + unlab.views)
-        scores = method.class_scores(out)
+        scores = method.student([lab.images] + unlab.views).scores
         with torch.no_grad():
-            other = getattr(method, "teacher", None) or getattr(method, "ema", None)
+            other = method.ema_network()  # Daino's teacher, Suave's momentum encoder
             if other is not None:
                 other(unlab.views[:2])
         loss = scores.float().square().mean()

@@ -8,7 +8,7 @@ release left as a TODO: mixed global views predict lam * q_a + (1 - lam) * q_b.f
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -19,7 +19,7 @@ from src.errors import UserError
 from src.ema import frozen_copy, paired_parameters
 from src.losses import DINOLoss
 from src.method import Method, Schedules, init_from_checkpoint, resolve_num_outputs
-from src.models import DINOHead, DINONetwork, build_backbone
+from src.models import DINOHead, DINONetwork, NetworkOutput, build_backbone
 from src.optim import DINOLARS, cosine_schedule, param_groups
 from src.release_fixes import fix_on
 
@@ -99,10 +99,10 @@ class DainoMethod(Method):
 
     # --- every step ---------------------------------------------------------------------------------
     @torch.no_grad()
-    def unlabelled_targets(self, unlab: UnlabelledBatch, out: Any, view_rows: list[slice],
+    def unlabelled_targets(self, unlab: UnlabelledBatch, out: NetworkOutput, view_rows: list[slice],
                            epoch: int) -> dict[int, torch.Tensor]:
         """The teacher's centred, sharpened outputs on the two global views; then the center moves (DINO)."""
-        teacher_out = self.teacher(list(unlab.views[:N_GLOBAL_VIEWS]))
+        teacher_out = self.teacher(list(unlab.views[:N_GLOBAL_VIEWS])).scores
         q = self.dino_loss.targets(teacher_out, epoch, N_GLOBAL_VIEWS)
         self.dino_loss.update_center(teacher_out)
         return dict(enumerate(q))
@@ -124,8 +124,9 @@ class DainoMethod(Method):
                 p.grad = None
 
     # --- evaluation and state -----------------------------------------------------------------------
-    def evaluators(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-        return {"main": lambda x: self.teacher([x]), "student": lambda x: self.student([x])}
+    def eval_scores(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The teacher (``main``, as the release validates) and the student."""
+        return {"main": self.teacher([images]).scores, "student": self.student([images]).scores}
 
     def eval_modules(self) -> list[torch.nn.Module]:
         return [self.student, self.teacher]

@@ -152,6 +152,16 @@ def all_gather_cat(tensor: torch.Tensor, dim: int = 0) -> torch.Tensor:
     return torch.cat(parts, dim=dim).to(tensor.device)
 
 
+def union_of_names(names: list[str]) -> list[str]:
+    """Every name any rank holds, each once, in rank order then first-seen order (collective): so that every
+    rank reduces the same list, also one that saw no data."""
+    if not is_dist():
+        return list(names)
+    gathered: list = [None] * get_world_size()
+    dist.all_gather_object(gathered, list(names))
+    return list(dict.fromkeys(name for part in gathered for name in part))
+
+
 def cleanup() -> None:
     if is_dist():
         dist.destroy_process_group()

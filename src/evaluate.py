@@ -17,9 +17,10 @@ from typing import Any
 from src import distributed
 from src.data import ImageDataset, build_val_loader, class_index, scan_image_folder
 from src.data_setup import capped_workers, eval_transform
-from src.engine import Precision, Trainer
+from src.engine import Trainer
 from src.errors import UserError
 from src.logging_utils import setup_logging
+from src.train_step import Precision
 from src.trained import TrainedModel, load_trained, method_parts
 
 EVAL_NAME = "eval.json"

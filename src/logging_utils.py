@@ -93,12 +93,7 @@ class MetricLogger:
     def synchronize(self) -> None:
         """Average every meter over the ranks; a meter some rank never updated (e.g. the pseudo-label accuracy
         of a rank that saw no image of known class) joins with zero counts, so every rank reduces the same list."""
-        names = sorted(self.meters)
-        if distributed.is_dist():
-            gathered: list = [None] * distributed.get_world_size()
-            torch.distributed.all_gather_object(gathered, names)
-            names = sorted(set().union(*gathered))
-        for name in names:
+        for name in sorted(distributed.union_of_names(sorted(self.meters))):
             self.meters[name].synchronize()
 
     def global_averages(self) -> dict[str, float]:

@@ -1,7 +1,23 @@
-"""What a method (Suave, Daino) gives the shared engine: networks, optimiser, schedules, targets, evaluators.
+"""What a method (Suave, Daino) gives the shared engine: networks, optimiser, schedules, targets, evaluation.
 
-A method owns only what differs between Suave and Daino (how unlabelled targets are made, which networks
-exist, which optimiser). The engine (``src/engine.py``) owns the loop, precision, DDP, checkpoints and logs.
+A method subclasses ``Method`` and MUST provide:
+
+- ``name``: a class attribute (the checkpoint's ``method_name``);
+- ``__init__(args, num_classes, device)``: call ``super().__init__`` and set ``self.student``, a network whose
+  ``forward(list of (B, C, H, W) crops)`` returns a ``src.models.NetworkOutput`` (``.scores``: the (N, K) class
+  scores of every row, in input order; ``SwAVNetwork`` and ``DINONetwork`` do);
+- ``build_optimizer()`` and ``build_schedules(iters_per_epoch)``;
+- ``unlabelled_targets(unlab, out, view_rows, epoch)``: the (B, K) target of each clean unlabelled view (used
+  by the shared ``training_step``: one weighted cross-entropy, ``src.objective``; a method may override
+  ``training_step`` instead, returning a ``StepOutput``).
+
+Everything else has a default it MAY override: ``snapshot_freq`` (0: no ``checkpointNNNN.pth`` snapshots),
+``set_train_modes``, ``before_step``, ``add_labelled_extras``, ``after_backward``, ``after_optimizer_step`` (the
+EMA update of ``ema_pairs``), ``eval_scores`` (default: ``{"main": student scores}``), ``networks``,
+``eval_modules``, ``clip_modules``, ``kept_networks`` (``"teacher"``: an EMA copy, restarted from the student by
+``restart_ema_from_student``), ``state_dict``/``load_state_dict``. The engine (``src/engine.py``) owns the loop,
+precision, DDP, checkpoints and logs; it sets ``forward_student`` (the DDP-wrapped student: training forwards go
+through it) and reaches the method only through the names above.
 """
 from __future__ import annotations
 
@@ -18,6 +34,7 @@ from src.data import LabelledBatch, UnlabelledBatch
 from src.ema import ema_update_
 from src.errors import UserError
 from src.metrics import accuracy
+from src.models import NetworkOutput
 from src.objective import ObjectiveInputs, mixed_assignments, semisup_objective
 from src.release_fixes import fix_on
 
@@ -61,15 +78,9 @@ class Method:
     def build_schedules(self, iters_per_epoch: int) -> Schedules:
         raise NotImplementedError
 
-    def unlabelled_transform(self) -> Callable:
-        """The multi-crop transform of unlabelled images."""
-        raise NotImplementedError
-
-    def unlabelled_batch_size(self) -> int:
-        raise NotImplementedError
-
-    def labelled_batch_size(self) -> int:
-        raise NotImplementedError
+    def snapshot_freq(self) -> int:
+        """Keep a copy of the checkpoint every N epochs (and the last), as ``checkpointNNNN.pth``; 0: none."""
+        return 0
 
     def ema_network(self) -> nn.Module | None:
         """The EMA copy of the student (Daino's teacher, Suave's momentum encoder), if the method keeps one."""
@@ -107,7 +118,7 @@ class Method:
             view_rows = [slice(n_lab + b * p, n_lab + b * (p + 1)) for p in clean_pos]
             mixed_rows = [slice(n_lab + b * p, n_lab + b * (p + 1)) for p in mixed_pos]
         out = self.forward_student(crops)
-        scores = self.class_scores(out)
+        scores = out.scores
         inputs = ObjectiveInputs(temperature=args.temperature, label_smoothing=args.label_smoothing,
                                  mixed_weight_rows=fix_on(args, "mix_weight_rows"))
         logs: dict[str, Any] = {}
@@ -131,16 +142,12 @@ class Method:
         logs.update({k: v.detach() for k, v in terms.items()})
         return StepOutput(loss=loss, logs=logs)
 
-    def class_scores(self, out: Any) -> torch.Tensor:
-        """The (N, K) class scores in the student's output."""
-        return out
-
-    def unlabelled_targets(self, unlab: UnlabelledBatch, out: Any, view_rows: list[slice],
+    def unlabelled_targets(self, unlab: UnlabelledBatch, out: NetworkOutput, view_rows: list[slice],
                            epoch: int) -> dict[int, torch.Tensor]:
         """View index -> (B, K) target distribution; ``view_rows[v]`` selects clean view v's rows in ``out``."""
         raise NotImplementedError
 
-    def add_labelled_extras(self, inputs: ObjectiveInputs, out: Any, lab: LabelledBatch) -> None:
+    def add_labelled_extras(self, inputs: ObjectiveInputs, out: NetworkOutput, lab: LabelledBatch) -> None:
         """Hook for extra labelled terms (Suave's online probes)."""
 
     def after_backward(self, epoch: int, iteration: int) -> None:
@@ -152,9 +159,10 @@ class Method:
             ema_update_(*self.ema_pairs, float(schedules.momentum[min(iteration, len(schedules.momentum) - 1)]))
 
     # --- evaluation and state -----------------------------------------------------------------------
-    def evaluators(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-        """Name -> function mapping a batch of validation images to class scores (eval mode is set by the engine)."""
-        raise NotImplementedError
+    def eval_scores(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Head name -> (B, K) class scores of a batch of validation images; ``"main"`` is the head validation
+        reports as ``val_acc1`` (eval mode and precision are set by the engine)."""
+        return {"main": self.student([images]).scores}
 
     def networks(self) -> list[nn.Module]:
         """Every network of the method (moved to the device / memory format by the engine)."""

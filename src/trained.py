@@ -8,7 +8,6 @@ and returns them in eval mode with the class names and the evaluation preprocess
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import os
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from torch import nn
 from src.checkpoint import LAYOUT_VERSION, checkpoint_networks, read_checkpoint
 from src.data import class_index
 from src.errors import UserError
+from src.train_step import Precision, validation_precision
 
 # method name -> (module with the method class and data_config, method class, module with get_args_parser)
 METHODS = {"suave": ("suave.method", "SuaveMethod", "suave.args"),
@@ -86,11 +86,9 @@ class TrainedModel:
         """The network the method validates with: Daino's teacher, Suave's student."""
         return "teacher" if self.method_name == "daino" else "student"
 
-    def eval_precision(self) -> Any:
+    def eval_precision(self) -> Precision:
         """The precision validation runs in for this run's flags (fp32 unless --amp_eval), so that predictions
         equal ``--evaluate``'s."""
-        from src.engine import validation_precision  # the engine imports the whole training stack: only when needed
-
         return validation_precision(self.args, next(self.method.student.parameters()).device)
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
@@ -166,9 +164,7 @@ class ClassScores(nn.Module):
         self.temperature = temperature
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        out = self.network([images])
-        scores = out.scores if hasattr(out, "scores") else out  # SwAVNetwork's output, or DINONetwork's logits
-        return scores / self.temperature
+        return self.network([images]).scores / self.temperature
 
 
 def classifier(trained: TrainedModel, network_name: str | None = None) -> ClassScores:

@@ -8,7 +8,7 @@ cross-entropy weighted by row share (src.objective) trains everything. As the re
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -20,7 +20,7 @@ from src.ema import frozen_copy, paired_parameters
 from src.errors import UserError
 from src.logging_utils import get_logger
 from src.method import Method, Schedules, init_from_checkpoint, resolve_num_outputs
-from src.models import SwAVNetwork, build_backbone
+from src.models import NetworkOutput, SwAVNetwork, build_backbone
 from src.objective import ObjectiveInputs
 from src.optim import LARS, cosine_schedule, param_groups
 from src.release_fixes import fix_on
@@ -97,14 +97,15 @@ class SuaveMethod(Method):
         args = self.args
         if (self.queue is None and args.queue_length > 0 and epoch >= args.epoch_queue_starts
                 and args.train_mode != "supervised"):
-            world = get_world_size()
-            self.queue = SwAVQueue(len(args.crops_for_assign), args.queue_length, args.feat_dim,
-                                   args.batch_size * world, world, device=self.device)
+            self.queue = self.new_queue()
 
-    def class_scores(self, out: Any) -> torch.Tensor:
-        return out.scores
+    def new_queue(self) -> SwAVQueue:
+        """An empty queue of --queue_length embeddings per assigned crop, split across the ranks (SwAV)."""
+        args, world = self.args, get_world_size()
+        return SwAVQueue(len(args.crops_for_assign), args.queue_length, args.feat_dim, args.batch_size * world,
+                         world, device=self.device)
 
-    def add_labelled_extras(self, inputs: ObjectiveInputs, out: Any, lab: LabelledBatch) -> None:
+    def add_labelled_extras(self, inputs: ObjectiveInputs, out: NetworkOutput, lab: LabelledBatch) -> None:
         """The online probes' rows: the clean labelled rows (the release's ``lab_bs_no_mixed``); with
         ``--mixup_lab_type replace`` the release keeps every row and its soft target (--probes_clean_rows: not)."""
         if not out.probe_logits:
@@ -117,7 +118,7 @@ class SuaveMethod(Method):
             inputs.probe_targets = lab.labels
 
     @torch.no_grad()
-    def unlabelled_targets(self, unlab: UnlabelledBatch, out: Any, view_rows: list[slice],
+    def unlabelled_targets(self, unlab: UnlabelledBatch, out: NetworkOutput, view_rows: list[slice],
                            epoch: int) -> dict[int, torch.Tensor]:
         """Sinkhorn-Knopp assignments of each crop of ``--crops_for_assign`` (SwAV's swapped targets)."""
         args, b = self.args, unlab.batch_size
@@ -147,25 +148,15 @@ class SuaveMethod(Method):
                     p.grad = None
 
     # --- evaluation and state -----------------------------------------------------------------------
-    def evaluators(self) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:
-        net = self.student
-        if not (self.args.multihead_eval or self.args.ensemble_eval):
-            return {"main": lambda x: net([x]).scores}
-        cache: dict[str, Any] = {}
-
-        def run(x: torch.Tensor) -> Any:
-            if cache.get("input") is not x:
-                cache["input"], cache["out"] = x, net([x])
-            return cache["out"]
-
-        evaluators: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"main": lambda x: run(x).scores}
-        for idx, probe_name in enumerate(net.probe_names):
-            evaluators[probe_name] = (lambda i: (lambda x: run(x).probe_logits[i]))(idx)
-        if net.cls_ensemble is None:  # the release's ensemble: sum of the softmaxes (raw scores; --ensemble_scaled: / T)
+    def eval_scores(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The prototypes (``main``), each online probe by name and, without a learnt ensemble classifier, the
+        release's ensemble: the sum of the probes' softmaxes and of the raw scores' (--ensemble_scaled: / T)."""
+        out = self.student([images])
+        heads = {"main": out.scores, **dict(zip(self.student.probe_names, out.probe_logits))}
+        if (self.args.multihead_eval or self.args.ensemble_eval) and self.student.cls_ensemble is None:
             t = self.args.temperature if fix_on(self.args, "ensemble_scaled") else 1.0
-            evaluators["ensemble"] = lambda x: (sum(p.softmax(-1) for p in run(x).probe_logits)
-                                                + (run(x).scores / t).softmax(-1)).log()
-        return evaluators
+            heads["ensemble"] = (sum(p.softmax(-1) for p in out.probe_logits) + (out.scores / t).softmax(-1)).log()
+        return heads
 
     def networks(self) -> list[torch.nn.Module]:
         return [self.student] + ([self.ema] if self.ema is not None else [])
@@ -178,8 +169,6 @@ class SuaveMethod(Method):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if state.get("queue") is not None:
-            world = get_world_size()
-            self.queue = SwAVQueue(len(self.args.crops_for_assign), self.args.queue_length, self.args.feat_dim,
-                                   self.args.batch_size * world, world, device=self.device)
+            self.queue = self.new_queue()
             self.queue.load_state_dict(state["queue"])
             get_logger().info("restored the SwAV queue (%d rows per crop)", self.queue.total_length)

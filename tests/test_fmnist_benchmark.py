@@ -1,4 +1,6 @@
-"""The Fashion-MNIST benchmark sizes each run's schedule to the time budget (benchmarks/fmnist_benchmark.py)."""
+"""The Fashion-MNIST benchmark sizes each run's schedule to the time budget and reads the runs' structured output
+(benchmarks/fmnist_benchmark.py)."""
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -7,7 +9,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 pytest.importorskip("PIL")
-from fmnist_benchmark import Stage, check_reusable, recipe_flags, size_schedule  # noqa: E402
+from fmnist_benchmark import (Stage, check_reusable, curve_of, last_epoch_stats, read_jsonl,  # noqa: E402
+                              recipe_flags, size_schedule, steady_step_seconds)
 
 
 def test_schedule_keeps_recipe_epochs_and_fills_the_budget():
@@ -62,3 +65,24 @@ def test_accuracy_plot_writes_a_png_of_the_expected_size(tmp_path):
               x_label="training time (min)", y_label="test top-1 (%)", title="t", x_range=(0, 30))
     with Image.open(path) as image:
         assert image.format == "PNG" and image.size == (840, 540)
+
+
+def test_the_benchmark_reads_the_runs_structured_output(tmp_path):
+    """Step time, images/s and the accuracy curve come from stats.jsonl, evals.jsonl and results.json."""
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = [{"epoch": 0, "train_data_s": 0.1, "train_step_s": 0.5, "train_img_s": 80.0, "train_steady_iter_s": 0.4},
+            {"epoch": 1, "train_data_s": 0.1, "train_step_s": 0.3, "train_img_s": 120.0, "train_steady_iter_s": 0.35}]
+    (run / "stats.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (run / "evals.jsonl").write_text(json.dumps({"train_minutes": 2.5, "epoch": 0, "val_acc1": 0.0}) + "\n"
+                                     + json.dumps({"train_minutes": 5.0, "epoch": 1, "val_acc1": 61.5}) + "\n")
+    assert steady_step_seconds(run) == 0.35 and last_epoch_stats(run)["train_img_s"] == 120.0
+    stage = Stage("suave/scripts/fmnist_1perc.sh", run, 6, results={"train_minutes": 6.0, "val_acc1": 70.0},
+                  evals=read_jsonl(run / "evals.jsonl"))
+    assert curve_of([stage], classify_from=0) == [(2.5, 0.0), (5.0, 61.5), (6.0, 70.0)]
+    rows[-1].pop("train_steady_iter_s")  # an epoch of one step: the whole average
+    (run / "stats.jsonl").write_text(json.dumps(rows[-1]) + "\n")
+    assert steady_step_seconds(run) == pytest.approx(0.4)
+    (run / "stats.jsonl").write_text("")
+    with pytest.raises(SystemExit, match="no row in .*stats.jsonl: did the run train at all"):
+        steady_step_seconds(run)

@@ -14,7 +14,7 @@ from src.models import (
     DINOHead,
     DINONetwork,
     SwAVNetwork,
-    SwAVOutput,
+    NetworkOutput,
     available_backbones,
     build_backbone,
     is_head_parameter,
@@ -301,7 +301,7 @@ def test_swav_network_multicrop_equals_per_crop():
         out = net(crops)
         assert calls == [4, 3, 2]  # one backbone call per run of equal sizes
         singles = [net(c) for c in crops]
-    assert isinstance(out, SwAVOutput)
+    assert isinstance(out, NetworkOutput)
     torch.testing.assert_close(out.embedding, torch.cat([s.embedding for s in singles]), rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out.scores, torch.cat([s.scores for s in singles]), rtol=1e-4, atol=1e-5)
     assert out.embedding.shape == (9, 16) and out.scores.shape == (9, 5)
@@ -318,7 +318,9 @@ def test_dino_network_multicrop_equals_per_crop():
     with torch.no_grad():
         out = net(crops)
         assert calls == [4, 3, 2]
-        singles = torch.cat([net(c) for c in crops])
+        singles = torch.cat([net(c).scores for c in crops])
+    assert isinstance(out, NetworkOutput) and out.embedding is None and out.probe_logits == []
+    out = out.scores
     assert out.shape == (9, 7)
     torch.testing.assert_close(out, singles, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="at least one batch"):
@@ -340,9 +342,9 @@ def test_teacher_copy_by_state_dict():
     x = [torch.randn(2, 3, 16, 16)]
     student.eval(), teacher.eval()
     with torch.no_grad():
-        torch.testing.assert_close(teacher(x), student(x))
+        torch.testing.assert_close(teacher(x).scores, student(x).scores)
         student.head.last_layer.parametrizations.weight.original0.mul_(2)
-        assert not torch.allclose(teacher(x), student(x))
+        assert not torch.allclose(teacher(x).scores, student(x).scores)
     assert [n for n, _ in student.named_parameters()] == [n for n, _ in teacher.named_parameters()]
 
 

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from daino.args import get_args_parser as daino_parser
 from daino.method import DainoMethod
 from src.data import LabelledBatch, UnlabelledBatch
-from src.models import SwAVOutput
+from src.models import NetworkOutput
 from suave.args import get_args_parser as suave_parser
 from suave.method import SuaveMethod
 
@@ -62,7 +62,7 @@ def test_suave_step_equals_release_arithmetic():
     lab, unlab = make_batches(mixed=True)
     rows = L + B * V + B
     scores = fixed_scores(rows, 1).requires_grad_()
-    method.forward_student = lambda crops: SwAVOutput(torch.zeros(rows, 4), scores, [])
+    method.forward_student = lambda crops: NetworkOutput(torch.zeros(rows, 4), scores, [])
     out = method.training_step(lab, unlab, epoch=0, iteration=0)
 
     s = scores.detach()
@@ -90,7 +90,7 @@ def test_suave_supervised_mode_is_plain_cross_entropy():
     method = SuaveMethod(args, K, torch.device("cpu"))
     lab, _ = make_batches(mixed=False)
     scores = fixed_scores(L, 2)
-    method.forward_student = lambda crops: SwAVOutput(torch.zeros(L, 4), scores, [])
+    method.forward_student = lambda crops: NetworkOutput(torch.zeros(L, 4), scores, [])
     out = method.training_step(lab, None, epoch=0, iteration=0)
     torch.testing.assert_close(out.loss, F.cross_entropy(scores / TEMP, lab.targets, label_smoothing=SMOOTH))
 
@@ -102,7 +102,7 @@ class FixedTeacher(torch.nn.Module):
 
     def forward(self, crops):
         assert len(crops) == 2  # the teacher sees the two global views only
-        return self.output
+        return NetworkOutput(None, self.output, [])
 
 
 def test_daino_step_equals_release_arithmetic_with_unlabelled_mixup():
@@ -118,7 +118,7 @@ def test_daino_step_equals_release_arithmetic_with_unlabelled_mixup():
     lab, unlab = make_batches(mixed=True)
     rows = L + B * V + B
     student = torch.randn(rows, K, generator=torch.Generator().manual_seed(4))
-    method.forward_student = lambda crops: student
+    method.forward_student = lambda crops: NetworkOutput(None, student, [])
     epoch = 2
     out = method.training_step(lab, unlab, epoch=epoch, iteration=0)
 
@@ -143,6 +143,6 @@ def test_labelled_mixup_soft_targets_are_smoothed_like_cross_entropy():
     soft = torch.softmax(torch.randn(L, K), dim=1)
     lab = LabelledBatch(images=torch.zeros(L, 3, 8, 8), targets=soft, labels=torch.empty(0, dtype=torch.long), n_clean=0)
     student = torch.randn(L, K)
-    method.forward_student = lambda crops: student
+    method.forward_student = lambda crops: NetworkOutput(None, student, [])
     out = method.training_step(lab, None, epoch=0, iteration=0)
     torch.testing.assert_close(out.loss, F.cross_entropy(student / TEMP, soft, label_smoothing=SMOOTH))

@@ -211,7 +211,7 @@ def test_validation_ensemble_sums_softmaxes_of_raw_or_scaled_scores():
         x = images(3, 16, 5)
         _, scores, probes = method.student([x])
         expected = (sum(F.softmax(p, dim=1) for p in probes) + F.softmax(scores / t, dim=1)).log()
-        torch.testing.assert_close(method.evaluators()["ensemble"](x), expected)
+        torch.testing.assert_close(method.eval_scores(x)["ensemble"], expected)
 
 
 # ------------------------------------------------------------------------------------- the Daino release
@@ -265,8 +265,8 @@ def test_daino_default_step_equals_the_release():
     ours = method.training_step(lab, UnlabelledBatch(views, torch.zeros(B, dtype=torch.long)), epoch, 0)
     ours.loss.backward()
 
-    teacher_output = teacher(views[:2])
-    student_output = student([lab_images] + views)
+    teacher_output = teacher(views[:2]).scores
+    student_output = student([lab_images] + views).scores
     lab_bs, bs = lab_images.size(0), views[0].size(0)
     unlab_loss = release_loss_fn(student_output[lab_bs:], teacher_output, epoch)
     lab_loss = F.cross_entropy(student_output[:lab_bs] / 0.1, lab_labels, label_smoothing=0.01)
@@ -286,13 +286,13 @@ def test_daino_student_trains_in_eval_mode_like_the_release_unless_fixed():
     method.set_train_modes(first_epoch_of_run=True)
     assert (method.student.training, method.teacher.training) == (False, True)
     x = images(2, 16, 3)
-    torch.testing.assert_close(method.student([x]), method.student([x]))  # drop path 0.5 never acts
+    torch.testing.assert_close(method.student([x]).scores, method.student([x]).scores)  # drop path 0.5 never acts
     method.set_train_modes(first_epoch_of_run=False)  # after the release's first validation of the teacher
     assert (method.student.training, method.teacher.training) == (False, False)
     fixed = daino_method(["--student_train_mode", "true"])
     fixed.set_train_modes(first_epoch_of_run=False)
     assert fixed.student.training and fixed.teacher.training
-    assert not torch.allclose(fixed.student([x]), fixed.student([x]))  # drop path acts
+    assert not torch.allclose(fixed.student([x]).scores, fixed.student([x]).scores)  # drop path acts
 
 
 def test_daino_unlabelled_mixup_follows_the_suave_release_arithmetic():
@@ -307,10 +307,10 @@ def test_daino_unlabelled_mixup_follows_the_suave_release_arithmetic():
     unlab = UnlabelledBatch(views, torch.zeros(B, dtype=torch.long), [mixed], [LAM_UNLAB], [(0, 1)], [(0, 1)])
     ours = method.training_step(lab, unlab, 0, 0)
     release_loss_fn = ReleaseDINOLoss(center, 4, 0.04, 0.07, 5, 10, 0.1)
-    q = F.softmax((teacher(views[:2]) - center) / 0.04, dim=-1).chunk(2)
-    out = student([lab_images] + views[:2] + [mixed] + views[2:])
+    q = F.softmax((teacher(views[:2]).scores - center) / 0.04, dim=-1).chunk(2)
+    out = student([lab_images] + views[:2] + [mixed] + views[2:]).scores
     blocks = list(out[L * 2:].split(B))
-    unlab_loss = release_loss_fn(torch.cat(blocks[:2] + blocks[3:]), teacher(views[:2]), 0)
+    unlab_loss = release_loss_fn(torch.cat(blocks[:2] + blocks[3:]), teacher(views[:2]).scores, 0)
     mixed_target = LAM_UNLAB * q[0] + (1 - LAM_UNLAB) * q[1].flip(0)
     mixed_loss = -(mixed_target * F.log_softmax(blocks[2] / 0.1, dim=1)).sum(1).mean()
     lab_loss = F.cross_entropy(out[:2 * L] / 0.1, lab_labels, label_smoothing=0.01)

@@ -61,8 +61,10 @@ def test_two_epochs_write_checkpoint_stats_and_log(module, tiny, tiny_data, tmp_
     for column in ["train_loss", "train_lab_loss", "train_unlab_loss", "train_pseudo_acc1", "val_acc1", "val_acc5"]:
         assert column in stats and stats[column].notna().all(), column
     assert torch.isfinite(torch.tensor(stats["train_loss"].values)).all()
+    steady, mean = stats["train_steady_iter_s"], stats["train_data_s"] + stats["train_step_s"]  # the benchmark's
+    assert ((steady > 0) & (steady * 7 <= mean * 8 + 1e-9)).all()  # step time: each epoch's 8 steps but the first
     log = open(os.path.join(out, "train.log")).read()
-    assert "eta" in log and "validation:" in log and "data_s" in log
+    assert "eta" in log and "validation:" in log and "data_s" in log and "steady_iter_s" not in log
     results = json.load(open(os.path.join(out, "results.json")))
     assert 0 <= results["val_acc1"] <= 100
 

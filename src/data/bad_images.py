@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable, Iterable, Sequence
 
+import torch
 from torch.utils.data import Dataset
 
 from .errors import DataError, ImageLoadError
@@ -90,6 +91,16 @@ class BadImageTracker:
             raise DataError(f"{count} unreadable images, more than --max_bad_images {self.limit}: {shown}. Replace "
                             "or delete them (or remove them from the list files), or raise --max_bad_images; the "
                             "last checkpoint is intact and the same command resumes")
+
+    def merge_ranks(self) -> int:
+        """Every rank's files, merged on every rank (collective); stops past the limit; the count."""
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            parts: list[Any] = [None] * torch.distributed.get_world_size()
+            torch.distributed.all_gather_object(parts, self.state_dict())
+            for part in parts:
+                self.files.update({k: v for k, v in part.items() if k not in self.files})
+        self.check(len(self.files))
+        return len(self.files)
 
     def state_dict(self) -> dict[str, str]:
         return dict(self.files)

@@ -26,11 +26,13 @@ from torch import nn
 
 from src import distributed
 from src.checkpoint import read_checkpoint, save_checkpoint_atomic, unwrap_module
-from src.engine import CHECKPOINT_NAME, Precision, gather_rng_states, plain_args, seed_everything, set_rng_state
+from src.engine import CHECKPOINT_NAME
 from src.errors import TrainingDiverged, UserError
 from src.logging_utils import MetricLogger, StatsTable, Stopwatch, WandbRun, format_seconds, setup_logging
 from src.metrics import correct_topk
 from src.optim import apply_schedules
+from src.run_state import gather_rng_states, plain_args, seed_everything, set_rng_state
+from src.train_step import Precision
 
 from .backbone import Pretrained, build_pretrained_backbone
 from .data import EvalData

@@ -19,8 +19,8 @@ from . import resnet, small_cnn, vit
 from .heads import DINOHead, build_projection_head, normalize_hidden_mlp
 from .networks import (
     DINONetwork,
+    NetworkOutput,
     SwAVNetwork,
-    SwAVOutput,
     forward_by_resolution,
     is_head_parameter,
     resolution_groups,
@@ -79,8 +79,8 @@ def build_backbone(name: str, **kwargs) -> nn.Module:
 __all__ = [
     "DINOHead",
     "DINONetwork",
+    "NetworkOutput",
     "SwAVNetwork",
-    "SwAVOutput",
     "available_backbones",
     "build_backbone",
     "build_projection_head",

@@ -6,7 +6,8 @@
 - `DINONetwork` (Daino): backbone -> `DINOHead`.
 
 Both take a list of crops and run the backbone once per run of consecutive crops of equal
-spatial size (DINO's MultiCropWrapper), then the head once on all features, in input order.
+spatial size (DINO's MultiCropWrapper), then the head once on all features, in input order,
+and both return a `NetworkOutput`: its `scores` are the class scores either method trains on.
 
 Teacher / EMA copies: build a second network with the same constructors (for Daino, the teacher
 backbone without drop path, as the releases do) and `load_state_dict(student.state_dict())`; the
@@ -69,17 +70,19 @@ def is_head_parameter(name: str) -> bool:
     return "projection_head" in parts or "prototypes" in parts
 
 
-class SwAVOutput(NamedTuple):
-    """Outputs of `SwAVNetwork.forward`.
+class NetworkOutput(NamedTuple):
+    """Outputs of `SwAVNetwork.forward` and `DINONetwork.forward`.
 
-    embedding: (N, feat_dim) projection output, L2-normalised when `normalize`.
-    scores: (N, K) prototype scores, `prototypes(embedding)`; None when there are no prototypes.
+    embedding: (N, feat_dim) projection output, L2-normalised when `normalize` (SwAVNetwork: what the
+        SwAV queue stores); None for DINONetwork.
+    scores: (N, K) class scores: the prototype scores `prototypes(embedding)` (None when a SwAVNetwork
+        has no prototypes), or the DINO head's outputs.
     probe_logits: online probe logits on the first `probe_rows` rows, one per projection stage
         (when multihead_eval), then the ensemble classifier (when ensemble_eval); see
-        `SwAVNetwork.probe_names`.
+        `SwAVNetwork.probe_names`. Empty for DINONetwork.
     """
 
-    embedding: torch.Tensor
+    embedding: Optional[torch.Tensor]
     scores: Optional[torch.Tensor]
     probe_logits: list[torch.Tensor]
 
@@ -175,7 +178,7 @@ class SwAVNetwork(nn.Module):
             w = self.prototypes.weight
             w.copy_(F.normalize(w.data, dim=1, p=2))
 
-    def forward_head(self, features: torch.Tensor, probe_rows: int | None = None) -> SwAVOutput:
+    def forward_head(self, features: torch.Tensor, probe_rows: int | None = None) -> NetworkOutput:
         """Projection, normalisation, prototypes and probes on backbone features (N, num_features)."""
         rows = features.shape[0] if probe_rows is None else probe_rows
         stages = [features]
@@ -194,9 +197,9 @@ class SwAVNetwork(nn.Module):
 
         embedding = F.normalize(x, dim=1, p=2) if self.normalize else x
         scores = self.prototypes(embedding) if self.prototypes is not None else None
-        return SwAVOutput(embedding, scores, probe_logits)
+        return NetworkOutput(embedding, scores, probe_logits)
 
-    def forward(self, crops: Crops, probe_rows: int | None = None) -> SwAVOutput:
+    def forward(self, crops: Crops, probe_rows: int | None = None) -> NetworkOutput:
         """crops: a tensor or a list of (B_i, 3, H_i, W_i) tensors. Rows of the outputs follow the
         input order. `probe_rows` defaults to the batch size of the first crop."""
         crops = _as_crop_list(crops)
@@ -206,12 +209,12 @@ class SwAVNetwork(nn.Module):
 
 
 class DINONetwork(nn.Module):
-    """Daino / DINO network: backbone -> DINOHead; forward(crops) -> (N, out_dim) logits."""
+    """Daino / DINO network: backbone -> DINOHead; forward(crops).scores: the (N, out_dim) logits."""
 
     def __init__(self, backbone: nn.Module, head: DINOHead) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
 
-    def forward(self, crops: Crops) -> torch.Tensor:
-        return self.head(forward_by_resolution(self.backbone, crops))
+    def forward(self, crops: Crops) -> NetworkOutput:
+        return NetworkOutput(None, self.head(forward_by_resolution(self.backbone, crops)), [])

@@ -1,0 +1,116 @@
+"""One optimisation step, as training runs it and the throughput benchmark times it: precision (autocast and
+gradient scaling), schedules, the method's forward/targets/loss, finite check, backward, clipping, optimiser step.
+
+Follows the released ``train_one_epoch`` functions (SwAV/DINO lineage): per-iteration schedules, fp16 autocast
+with a GradScaler, DINO's per-parameter gradient clipping, the EMA update after the optimiser step.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from src import perf
+from src.errors import TrainingDiverged
+from src.logging_utils import get_logger
+from src.method import Method, Schedules, StepOutput
+from src.optim import apply_schedules
+from src.release_fixes import fix_on
+
+
+class Precision:
+    """Autocast + gradient scaling: fp16 with a GradScaler on CUDA (``--use_fp16``), bf16 on CPU or CUDA
+    (``--use_bf16``), else fp32."""
+
+    def __init__(self, use_fp16: bool, use_bf16: bool, device: torch.device) -> None:
+        self.device_type = device.type
+        self.dtype: torch.dtype | None = None
+        if use_bf16:
+            self.dtype = torch.bfloat16
+        elif use_fp16 and device.type == "cuda":
+            self.dtype = torch.float16
+        elif use_fp16:
+            get_logger().warning("--use_fp16 true needs CUDA; training in fp32 on %s "
+                                 "(--use_bf16 true gives bf16 autocast on the CPU)", device)
+        self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device_type, dtype=self.dtype)
+
+    def describe(self) -> str:
+        return {None: "fp32", torch.float16: "fp16 autocast + GradScaler", torch.bfloat16: "bf16 autocast"}[self.dtype]
+
+
+def validation_precision(args: argparse.Namespace, device: torch.device) -> Precision:
+    """Validation's precision: fp32, as the releases validate; the training autocast with --amp_eval."""
+    if not fix_on(args, "amp_eval"):
+        return Precision(False, False, device)
+    return Precision(args.use_fp16 and device.type == "cuda", args.use_bf16, device)
+
+
+class TrainStep:
+    """One optimisation step of a method: schedules -> before_step -> autocast forward + targets + loss -> finite
+    check -> backward (scaled) -> method's gradient rules -> per-parameter clipping -> optimiser step -> EMA."""
+
+    def __init__(self, method: Method, optimizer: torch.optim.Optimizer, schedules: Schedules,
+                 precision: Precision, clip_grad: float = 0.0, nan_check_every: int = 1) -> None:
+        self.method, self.optimizer, self.schedules = method, optimizer, schedules
+        self.precision, self.clip_grad = precision, clip_grad
+        self.finite = perf.FiniteCheck(nan_check_every)
+
+    def __call__(self, lab: Any, unlab: Any, epoch: int, iteration: int,
+                 checkpoint_hint: str = "none yet") -> StepOutput:
+        it = min(iteration, len(self.schedules.lr) - 1)
+        wd = float(self.schedules.wd[it]) if self.schedules.wd is not None else None
+        apply_schedules(self.optimizer, float(self.schedules.lr[it]), wd)
+        self.method.before_step(epoch, iteration)
+        with self.precision.autocast():
+            out = self.method.training_step(lab, unlab, epoch, iteration)
+        if self.finite.every == 1:
+            loss_value = out.loss.item()
+            if not math.isfinite(loss_value):
+                raise TrainingDiverged(f"loss is {loss_value} at iteration {iteration} (epoch {epoch}); stopping "
+                                       f"without saving. Last good checkpoint: {checkpoint_hint}")
+        else:  # --nan_check_every N: no host sync here; read back every N steps and before any checkpoint
+            self.finite.record(out.loss, iteration)
+            if self.finite.due(iteration):
+                self.check_finite(checkpoint_hint)
+        scaler = self.precision.scaler
+        self.optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(out.loss).backward()
+            scaler.unscale_(self.optimizer)
+        else:
+            out.loss.backward()
+        self.method.after_backward(epoch, iteration)
+        if self.clip_grad:
+            for module in self.method.clip_modules():
+                clip_per_parameter(module, self.clip_grad)
+        if scaler is not None:
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            self.optimizer.step()
+        self.method.after_optimizer_step(epoch, iteration, self.schedules)
+        return out
+
+    def check_finite(self, checkpoint_hint: str = "none yet") -> None:
+        """Raise ``TrainingDiverged`` if a loss recorded since the start was not finite (--nan_check_every)."""
+        bad = self.finite.first_bad_iteration()
+        if bad is not None:
+            raise TrainingDiverged(f"loss is not finite at iteration {bad} (checked every {self.finite.every} "
+                                   f"steps); stopping without saving. Last good checkpoint: {checkpoint_hint}")
+
+
+def clip_per_parameter(module: nn.Module, clip: float) -> None:
+    """DINO's ``clip_gradients``: rescale each parameter's gradient to norm <= clip."""
+    for p in module.parameters():
+        if p.grad is not None:
+            factor = clip / (p.grad.detach().norm(2) + 1e-6)
+            p.grad.mul_(factor.clamp(max=1.0))
