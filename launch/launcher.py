@@ -8,12 +8,13 @@ import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from daino.args import get_args_parser as daino_parser
 from launch import LaunchError, records, slurm
-from launch.script_file import Flag, absolutize_paths, flatten, group_flags, merge_flags, read_script_file, validate_flags
+from launch.script_file import (Flag, absolutize_paths, flatten, group_flags, merge_flags, read_script_file,
+                                validate_flags)
 from src.downstream.args import linear_args_parser, semisup_args_parser
 from suave.args import get_args_parser as suave_parser
 
@@ -34,24 +35,26 @@ RECORDED_OPTIONS = ("name", "mode", "method", "num_gpus", "num_nodes", "tasks_pe
 
 @dataclass
 class Plan:
-    """Everything checked and resolved; ``execute`` only writes and starts."""
+    """Everything checked and resolved; ``execute`` only writes and starts. ``record`` is args.json."""
 
-    options: dict[str, Any]
+    record: dict[str, Any]
     experiment_dir: str
     entry_root: str  # where main_suave.py ... run from: the checkout (tests point it elsewhere)
     flags: list[Flag]
-    train_args: dict[str, Any]
     resume: bool
     dry_run: bool
-    launcher_argv: list[str]
-    script_file: str | None = None
-    overrides: list[str] = field(default_factory=list)
+    argv: list[str]  # this launch's (a resume's own)
     slurm_params: dict[str, Any] | None = None
     code_snapshot: str | None = None  # Slurm: <experiment>/code, where jobs run from (None outside a git checkout)
 
     @property
-    def entry_script(self) -> str:
-        return os.path.join(self.entry_root, ENTRIES[self.options["method"]][0] + ".py")
+    def options(self) -> dict[str, Any]:
+        return self.record["launcher"]
+
+    @property
+    def tasks_per_node(self) -> int:
+        """One task per GPU; CPU jobs: --tasks_per_node (1)."""
+        return self.options["num_gpus"] or self.options.get("tasks_per_node") or 1
 
     @property
     def program(self) -> list[str]:
@@ -61,22 +64,15 @@ class Plan:
         rendezvous = ["--standalone"] if port is None else ["--nnodes", "1", "--master_addr", "127.0.0.1",
                                                             "--master_port", str(port)]
         torchrun = ["-m", "torch.distributed.run", *rendezvous, "--nproc_per_node", str(gpus)] if gpus > 1 else []
-        return [sys.executable, *torchrun, self.entry_script]
-
-
-def tasks_per_node(opts: dict[str, Any]) -> int:
-    """One task per GPU; CPU jobs: --tasks_per_node (1)."""
-    return opts["num_gpus"] if opts["num_gpus"] > 0 else (opts.get("tasks_per_node") or 1)
+        return [sys.executable, *torchrun, self.record["entry_script"]]
 
 
 def _check_options(opts: dict[str, Any]) -> None:
     for key, low, high in (("num_gpus", 0, None), ("num_nodes", 1, None), ("cpus_per_task", 1, None),
-                           ("master_port", 1, 65535)):
+                           ("master_port", 1, 65535), ("hours", 1 / 60, None), ("mem_gb", 1 / 1024, None)):
         if opts[key] is not None and not low <= opts[key] <= (high or opts[key]):
-            raise LaunchError(f"--{key} must be at least {low}{f' and at most {high}' if high else ''}, not {opts[key]}")
-    for key in ("hours", "mem_gb"):
-        if opts[key] is not None and opts[key] <= 0:
-            raise LaunchError(f"--{key} must be positive, not {opts[key]}")
+            raise LaunchError(f"--{key} must be at least {low:g}{f' and at most {high}' if high else ''}, "
+                              f"not {opts[key]}")
     if opts["mode"] == "local" and opts["num_nodes"] > 1:
         raise LaunchError(f"--num_nodes {opts['num_nodes']} needs --mode slurm: local mode runs on this machine only")
     if opts.get("tasks_per_node") is not None and (opts["mode"] != "slurm" or opts["num_gpus"] > 0
@@ -88,19 +84,23 @@ def _check_options(opts: dict[str, Any]) -> None:
                           "and val/)")
 
 
-def _plan(opts: dict[str, Any], experiment_dir: str, entry_root: str, flags: list[Flag], **fields: Any) -> Plan:
+def _plan(record: dict[str, Any], experiment_dir: str, entry_root: str, resume: bool, dry_run: bool,
+          argv: list[str]) -> Plan:
     """Check the flags with the entry point's own parser and, for Slurm, the cluster and the job's inputs."""
-    module, get_parser = ENTRIES[opts["method"]]
-    namespace = validate_flags(get_parser, flags, module + ".py")
-    plan = Plan(opts, experiment_dir, entry_root, flags, json.loads(json.dumps(vars(namespace), default=str)),
-                **fields)
+    opts, module = record["launcher"], ENTRIES[record["launcher"]["method"]][0]
+    flags = group_flags(record["train_flags"], "the recorded flags") if resume else record.pop("flags")
+    namespace = validate_flags(ENTRIES[opts["method"]][1], flags, module + ".py")
+    record.update(entry_script=os.path.join(entry_root, module + ".py"),
+                  train_args=json.loads(json.dumps(vars(namespace), default=str)))
+    plan = Plan(record, experiment_dir, entry_root, flags, resume, dry_run, argv)
     if opts["mode"] != "slurm":
         return plan
-    for tool in ("sbatch", "srun") if not plan.dry_run else ():
+    for tool in ("sbatch", "srun") if not dry_run else ():
         if shutil.which(tool) is None:
             raise LaunchError(f"{tool} not found on PATH: --mode slurm must run on a Slurm login node "
                               "(or use --mode local)")
-    opts["partition"] = opts["partition"] or slurm.default_partition()
+    opts["partition"] = opts["partition"] or next(  # the cluster's default, marked with *
+        (line.rstrip("*") for line in slurm.sinfo("-o", "%P") if line.endswith("*")), None)
     if not opts["partition"]:
         raise LaunchError("--mode slurm needs a partition: give --partition NAME (or --host NAME); "
                           "this cluster reports no default partition")
@@ -108,12 +108,12 @@ def _plan(opts: dict[str, Any], experiment_dir: str, entry_root: str, flags: lis
         plan.code_snapshot = os.path.join(experiment_dir, "code")
     job_root = plan.code_snapshot if plan.code_snapshot and entry_root == CODE_ROOT else entry_root
     mem_gb = opts["mem_gb"] or 40 * max(1, opts["num_gpus"])  # DINO's 40 GB per GPU
-    plan.slurm_params = slurm.slurm_parameters(opts, tasks_per_node(opts), mem_gb, job_root,
+    plan.slurm_params = slurm.slurm_parameters(opts, plan.tasks_per_node, mem_gb, job_root,
                                                [plan.code_snapshot or CODE_ROOT, job_root])
-    if not plan.dry_run:
-        slurm.check_partition_fits(opts["partition"], opts["num_nodes"], tasks_per_node(opts), opts["cpus_per_task"],
+    if not dry_run:
+        slurm.check_partition_fits(opts["partition"], opts["num_nodes"], plan.tasks_per_node, opts["cpus_per_task"],
                                    mem_gb, opts["num_gpus"], plan.slurm_params["time"])
-        slurm.check_job_inputs(plan.train_args)
+        slurm.check_job_inputs(record["train_args"])
     return plan
 
 
@@ -145,9 +145,10 @@ def plan_new(opts: dict[str, Any], overrides: list[str], entry_root: str, launch
     flags = absolutize_paths(merge_flags(flags, override_flags), os.getcwd())
     flags += [Flag(("--data_path", opts["data_dir"]), "job_launcher.py"),
               Flag(("--output_dir", experiment_dir), "job_launcher.py")]
-    return _plan({k: opts[k] for k in RECORDED_OPTIONS}, experiment_dir, entry_root, flags, resume=False,
-                 dry_run=opts["dry_run"], launcher_argv=launcher_argv, script_file=script.path,
-                 overrides=list(overrides))
+    record = {"method": method, "experiment_dir": experiment_dir, "script_file": script.path,
+              "launcher": {k: opts[k] for k in RECORDED_OPTIONS}, "overrides": list(overrides),
+              "train_flags": flatten(flags), "flags": flags, "launcher_argv": launcher_argv}
+    return _plan(record, experiment_dir, entry_root, False, opts["dry_run"], launcher_argv)
 
 
 def plan_resume(opts: dict[str, Any], explicit: set[str], overrides: list[str], entry_root: str,
@@ -165,15 +166,13 @@ def plan_resume(opts: dict[str, Any], explicit: set[str], overrides: list[str], 
     try:
         with open(path, encoding="utf-8") as handle:
             record = json.load(handle)
-        recorded = {k: record["launcher"].get(k) if k == "tasks_per_node" else record["launcher"][k]
-                    for k in RECORDED_OPTIONS}
-        flags = group_flags(list(record["train_flags"]), path)
+        record["launcher"] = {k: record["launcher"].get(k) if k == "tasks_per_node" else record["launcher"][k]
+                              for k in RECORDED_OPTIONS} | {k: opts[k] for k in explicit & set(RECORDED_OPTIONS)}
+        record["train_flags"] = list(record["train_flags"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise LaunchError(f"cannot read {path}: {exc}") from exc
-    recorded.update({k: opts[k] for k in explicit & set(RECORDED_OPTIONS)})
-    _check_options(recorded)
-    return _plan(recorded, experiment_dir, entry_root, flags, resume=True, dry_run=opts["dry_run"],
-                 launcher_argv=launcher_argv, script_file=record.get("script_file"), overrides=record.get("overrides"))
+    _check_options(record["launcher"])
+    return _plan(record, experiment_dir, entry_root, True, opts["dry_run"], launcher_argv)
 
 
 def command_text(plan: Plan) -> str:
@@ -185,32 +184,25 @@ def command_text(plan: Plan) -> str:
                                           "again resumes from checkpoint.pth in --output_dir"])
     comments = [f"{opts['method']}, Slurm, {opts['num_nodes']} node(s) x {opts['num_gpus']} GPU(s): running this file "
                 "submits the experiment again (it resumes from checkpoint.pth); each task calls "
-                f"{os.path.basename(plan.entry_script)}'s main() with:", *("    " + " ".join(f.tokens) for f in plan.flags)]
+                f"{os.path.basename(plan.record['entry_script'])}'s main() with:",
+                *("    " + " ".join(flag.tokens) for flag in plan.flags)]
     program = [sys.executable, os.path.join(CODE_ROOT, "job_launcher.py"), "--resume", plan.experiment_dir]
     return records.render_command_sh(program, [], CODE_ROOT, comments)
 
 
 def _write_records(plan: Plan, folder: str) -> None:
     """args.json and command.sh; for a new experiment also the recipe's copy and env.json."""
-    args_path = os.path.join(folder, records.ARGS_FILE)
-    if plan.resume:  # new resources at most
-        with open(args_path, encoding="utf-8") as handle:
-            record = dict(json.load(handle), launcher=plan.options)
-    else:
-        if plan.script_file:
-            shutil.copy2(plan.script_file, os.path.join(folder, os.path.basename(plan.script_file)))
+    if not plan.resume:
+        shutil.copy2(plan.record["script_file"], os.path.join(folder, os.path.basename(plan.record["script_file"])))
         records.write_json(os.path.join(folder, records.ENV_FILE), records.environment_record(CODE_ROOT))
-        record = {"method": plan.options["method"], "experiment_dir": plan.experiment_dir,
-                  "entry_script": plan.entry_script, "script_file": plan.script_file, "launcher": plan.options,
-                  "overrides": plan.overrides, "train_flags": flatten(plan.flags), "train_args": plan.train_args,
-                  "launcher_argv": plan.launcher_argv}
-    records.write_json(args_path, dict(record, updated=records.now().isoformat(timespec="seconds")))
+    records.write_json(os.path.join(folder, records.ARGS_FILE), plan.record | {"updated": records.now().isoformat()})
     records.write_text(os.path.join(folder, records.COMMAND_FILE), command_text(plan), executable=True)
 
 
-def _log_launch(plan: Plan, folder: str, **details: Any) -> None:
-    records.append_launch(folder, {"mode": plan.options["mode"], "resume": plan.resume, "argv": plan.launcher_argv,
-                                   "git_commit": records.git(CODE_ROOT, "rev-parse", "HEAD"), **details})
+def _log_launch(plan: Plan, **details: Any) -> None:
+    """A launches.jsonl line: how this launch was made, with what code, and what it started."""
+    records.append_launch(plan.experiment_dir, {"mode": plan.options["mode"], "resume": plan.resume, "argv": plan.argv,
+                                                "git_commit": records.git(CODE_ROOT, "rev-parse", "HEAD"), **details})
 
 
 def execute(plan: Plan) -> int:
@@ -221,18 +213,18 @@ def execute(plan: Plan) -> int:
         print(f"  {checkpoint} " + ("found: training continues from it" if os.path.isfile(checkpoint) else
                                     "not there yet: training starts from the beginning"))
     folder = os.path.join(plan.experiment_dir, "slurm")  # submitit's: submission scripts, pickles, per-task logs
-    preview = slurm.sbatch_preview(folder, plan.slurm_params) if plan.slurm_params else None
-    if plan.resume and not plan.dry_run:
-        _write_records(plan, plan.experiment_dir)
-    elif not plan.resume:
+    preview = slurm.sbatch_preview(folder, plan.slurm_params) if plan.slurm_params else ""
+    if not plan.resume:  # a new experiment's records appear complete, or not at all
         with records.staged_directory(plan.experiment_dir) as staging:
             _write_records(plan, staging)
             if plan.dry_run and preview:
                 os.makedirs(os.path.join(staging, "slurm"))
                 records.write_text(os.path.join(staging, "slurm", "dry_run_submission.sh"), preview)
-            if plan.dry_run:
-                _log_launch(plan, staging, dry_run=True)
+    elif not plan.dry_run:
+        _write_records(plan, plan.experiment_dir)
     if plan.dry_run:
+        if not plan.resume:
+            _log_launch(plan, dry_run=True)
         print(f"--- {records.COMMAND_FILE} ---\n{command_text(plan)}", end="")
         print(f"--- sbatch script (submitted by submitit from {folder}) ---\n{preview}" if preview else "", end="")
         start = f"{sys.executable} {os.path.join(CODE_ROOT, 'job_launcher.py')} --resume {plan.experiment_dir}"
@@ -240,7 +232,7 @@ def execute(plan: Plan) -> int:
         return 0
     if plan.options["mode"] == "slurm":
         return _submit(plan, folder)
-    _log_launch(plan, plan.experiment_dir, command=plan.program + flatten(plan.flags))
+    _log_launch(plan, command=plan.program + flatten(plan.flags))
     print(f"Command: {os.path.join(plan.experiment_dir, records.COMMAND_FILE)}", flush=True)
     sys.stderr.flush()
     try:
@@ -262,11 +254,11 @@ def _submit(plan: Plan, folder: str) -> int:
         trainer = slurm.SlurmTrainer(job_root, ENTRIES[opts["method"]][0], flatten(plan.flags), opts["master_port"])
         job = slurm.submit(trainer, folder, plan.slurm_params)
     except LaunchError:
-        if not plan.resume:
+        if not plan.resume:  # a retry must not trip over a half-made run
             shutil.rmtree(plan.experiment_dir, ignore_errors=True)
         raise
-    _log_launch(plan, plan.experiment_dir, job_id=job.job_id, submission_file=str(job.paths.submission_file))
-    print(f"Submitted job {job.job_id} ({opts['num_nodes']} node(s) x {tasks_per_node(opts)} task(s), "
+    _log_launch(plan, job_id=job.job_id, submission_file=str(job.paths.submission_file))
+    print(f"Submitted job {job.job_id} ({opts['num_nodes']} node(s) x {plan.tasks_per_node} task(s), "
           f"{opts['num_gpus']} GPU(s) per node, {plan.slurm_params['time']} min, partition {opts['partition']})\n"
           f"Logs: {job.paths.stdout} (stdout) and {job.paths.stderr} (stderr), one pair per task\n"
           f"Code: {snapshot or CODE_ROOT + ' (not a git checkout: no snapshot, the job runs the folder as it is then)'}"

@@ -61,7 +61,7 @@ def write_json(path: str, data: Any) -> None:
 
 def append_launch(experiment_dir: str, entry: dict[str, Any]) -> None:
     with open(os.path.join(experiment_dir, LAUNCHES_FILE), "a", encoding="utf-8") as handle:
-        handle.write(json.dumps({"time": now().isoformat(timespec="seconds"), **entry}, default=str) + "\n")
+        handle.write(json.dumps({"time": now().isoformat(), **entry}, default=str) + "\n")
 
 
 def render_command_sh(program: list[str], flag_lines: list[list[str]], cwd: str, comments: list[str]) -> str:
@@ -100,12 +100,12 @@ def environment_record(repo_root: str) -> dict[str, Any]:
     import torch
 
     status = git(repo_root, "status", "--porcelain", "--untracked-files=no")
-    packages = {d.metadata["Name"].lower(): f"{d.metadata['Name']}=={d.version}"
-                for d in reversed(list(importlib.metadata.distributions())) if d.metadata["Name"]}  # first wins
+    packages = {d.metadata["Name"].lower(): f"{d.metadata['Name']}=={d.version}"  # the first of a name wins
+                for d in reversed(list(importlib.metadata.distributions())) if d.metadata["Name"]}
     cuda = torch.cuda.is_available()
-    return {"created": now().isoformat(timespec="seconds"), "hostname": platform.node(), "platform": platform.platform(), "python": sys.version,
-            "python_executable": sys.executable, "torch": torch.__version__, "cuda": torch.version.cuda,
-            "cuda_available": cuda, "cudnn": torch.backends.cudnn.version() if cuda else None,
+    return {"created": now().isoformat(), "hostname": platform.node(), "platform": platform.platform(),
+            "python": sys.version, "python_executable": sys.executable, "torch": torch.__version__,
+            "cuda": torch.version.cuda, "cuda_available": cuda, "cudnn": torch.backends.cudnn.version() if cuda else None,
             "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
             "torchvision": importlib.metadata.version("torchvision"), "cwd": os.getcwd(),
             "git": {"commit": git(repo_root, "rev-parse", "HEAD"), "dirty": None if status is None else bool(status),

@@ -12,7 +12,6 @@ from typing import Callable, NamedTuple
 from launch import LaunchError, StrictParser
 
 ENTRY_SCRIPTS = ("main_suave.py", "main_daino.py", "eval_semisup.py", "eval_linear.py")
-# Flags whose values are paths: made absolute when they name something here (or are written ./x, ../x, ~/x).
 PATH_FLAG = re.compile(r"(_path|_dir|_ckpt|_file|_weights|^pretrained)$")
 
 
@@ -44,15 +43,10 @@ def is_flag(token: str) -> bool:
 
 def group_flags(tokens: list[str], source: str) -> list[Flag]:
     """Split a token list into flags with their values; a value before any flag is an error."""
-    groups: list[list[str]] = []
-    for token in tokens:
-        if is_flag(token):
-            groups.append([token])
-        elif groups:
-            groups[-1].append(token)
-        else:
-            raise LaunchError(f"unexpected value {token!r} before any flag in {source} (flags look like --name value)")
-    return [Flag(tuple(group), source) for group in groups]
+    if tokens and not is_flag(tokens[0]):
+        raise LaunchError(f"unexpected value {tokens[0]!r} before any flag in {source} (flags look like --name value)")
+    starts = [i for i, token in enumerate(tokens) if is_flag(token)] + [len(tokens)]
+    return [Flag(tuple(tokens[a:b]), source) for a, b in zip(starts, starts[1:])]
 
 
 def read_script_file(path: str) -> ScriptFile:
@@ -90,21 +84,17 @@ def flatten(flags: list[Flag]) -> list[str]:
     return [token for flag in flags for token in flag.tokens]
 
 
-def _absolute(value: str, cwd: str) -> str:
-    candidate = os.path.normpath(os.path.join(cwd, os.path.expanduser(value)))
-    local = value and "://" not in value and not os.path.isabs(value)
-    return candidate if local and (value.startswith(("./", "../", "~")) or os.path.exists(candidate)) else value
-
-
 def absolutize_paths(flags: list[Flag], cwd: str) -> list[Flag]:
-    """Make the values of path flags (``--swav_init_ckpt ./x.pth``) absolute, relative to ``cwd``."""
-    result = []
-    for flag in flags:
-        if PATH_FLAG.search(flag.name.lstrip("-")):
-            head = f"{flag.name}={_absolute(flag.values[0], cwd)}" if "=" in flag.tokens[0] else flag.tokens[0]
-            flag = Flag((head, *(_absolute(value, cwd) for value in flag.tokens[1:])), flag.source)
-        result.append(flag)
-    return result
+    """Make the values of path flags (``--swav_init_ckpt ./x.pth``) absolute, relative to ``cwd``, when they name
+    something here or are written ./x, ../x, ~/x: a run started elsewhere, or on a compute node, finds them."""
+    def absolute(value: str) -> str:
+        path = os.path.normpath(os.path.join(cwd, os.path.expanduser(value)))
+        local = value and "://" not in value and not os.path.isabs(value)
+        return path if local and (value.startswith(("./", "../", "~")) or os.path.exists(path)) else value
+
+    return [Flag((f"{flag.name}={absolute(flag.values[0])}" if "=" in flag.tokens[0] else flag.tokens[0],
+                  *map(absolute, flag.tokens[1:])), flag.source) if PATH_FLAG.search(flag.name.lstrip("-")) else flag
+            for flag in flags]
 
 
 def validate_flags(get_parser: Callable[[], argparse.ArgumentParser], flags: list[Flag],

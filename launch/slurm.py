@@ -1,9 +1,7 @@
-"""Slurm through submitit, as DINO's ``run_with_submitit.py``: every task calls the entry point's ``main(args)``
-in-process once ``submitit.helpers.TorchDistributedEnvironment`` has set the distributed environment; at USR2 (to
-the job's steps: ``--signal=USR2@120`` before the time limit, or ``scancel --signal=USR2 JOBID``) ``checkpoint()``
-has submitit requeue the job, which resumes from ``<output_dir>/checkpoint.pth``. Unlike the release: ``--time``
-in minutes (it gave bare hours), no conda environment named. Before submitting, what a job would find out after
-hours in the queue is checked here: a node that fits (``sinfo``), the data, init checkpoint, labelled list, wandb."""
+"""Slurm through submitit, as DINO's ``run_with_submitit.py``: each task sets the distributed environment with
+``submitit.helpers.TorchDistributedEnvironment`` and calls the entry point's ``main(args)``; at USR2 (to the job's
+steps: ``--signal=USR2@120`` before the time limit, or ``scancel --signal=USR2 JOBID``) ``checkpoint()`` requeues it
+and it resumes from checkpoint.pth. Checked before submitting: a node that fits, the job's inputs."""
 from __future__ import annotations
 
 import contextlib
@@ -53,18 +51,13 @@ def sbatch_preview(folder: str, params: dict[str, Any]) -> str:
                       *params["setup"], f"srun --unbuffered {logs} {command}"]) + "\n"
 
 
-def _sinfo(*fields: str) -> list[str]:
+def sinfo(*fields: str) -> list[str]:
     """``sinfo -h`` lines with the given arguments; none when there is no sinfo or it fails (no cluster here)."""
     try:
         done = subprocess.run(["sinfo", "-h", *fields], capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return []
     return [line.strip() for line in done.stdout.split("\n") if line.strip()] if done.returncode == 0 else []
-
-
-def default_partition() -> str | None:
-    """The cluster's default partition (``sinfo`` marks it with ``*``), or None."""
-    return next((line.rstrip("*") for line in _sinfo("-o", "%P") if line.endswith("*")), None)
 
 
 def _limit_minutes(limit: str) -> float | None:
@@ -82,7 +75,7 @@ def check_partition_fits(partition: str, nodes: int, tasks_per_node: int, cpus_p
     """Refuse a job ``partition`` can never run (its time limit; too few nodes with the CPUs, memory and GPUs):
     Slurm would keep it pending forever (reason PartitionConfig) without a word. Skipped when sinfo cannot answer."""
     sizes, limit = {}, None
-    for fields in (line.split("|") for line in _sinfo("-N", "-p", partition, "-o", "%N|%c|%m|%G|%l")):
+    for fields in (line.split("|") for line in sinfo("-N", "-p", partition, "-o", "%N|%c|%m|%G|%l")):
         if len(fields) != 5 or not fields[1].rstrip("+").isdigit() or not fields[2].rstrip("+").isdigit():
             return  # not the answer of a Slurm sinfo: nothing to check against
         gpus = [g.split("(")[0].rsplit(":", 1)[-1] for g in fields[3].split(",") if g.startswith("gpu:")]  # gpu:a100:4
@@ -90,7 +83,7 @@ def check_partition_fits(partition: str, nodes: int, tasks_per_node: int, cpus_p
                             sum(int(g) for g in gpus if g.isdigit()))
         limit = _limit_minutes(fields[4])
     if not sizes:
-        known = sorted({line.rstrip("*") for line in _sinfo("-o", "%P")})
+        known = sorted({line.rstrip("*") for line in sinfo("-o", "%P")})
         if known:  # (none: sinfo could not answer)
             raise LaunchError(f"partition {partition!r} not found: this cluster has {', '.join(known)} "
                               f"(give --partition NAME)")
