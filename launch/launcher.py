@@ -84,11 +84,10 @@ def _check_options(opts: dict[str, Any]) -> None:
                           "and val/)")
 
 
-def _plan(record: dict[str, Any], experiment_dir: str, entry_root: str, resume: bool, dry_run: bool,
-          argv: list[str]) -> Plan:
+def _plan(record: dict[str, Any], flags: list[Flag], experiment_dir: str, entry_root: str, resume: bool,
+          dry_run: bool, argv: list[str]) -> Plan:
     """Check the flags with the entry point's own parser and, for Slurm, the cluster and the job's inputs."""
     opts, module = record["launcher"], ENTRIES[record["launcher"]["method"]][0]
-    flags = group_flags(record["train_flags"], "the recorded flags") if resume else record.pop("flags")
     namespace = validate_flags(ENTRIES[opts["method"]][1], flags, module + ".py")
     record.update(entry_script=os.path.join(entry_root, module + ".py"),
                   train_args=json.loads(json.dumps(vars(namespace), default=str)))
@@ -136,9 +135,9 @@ def plan_new(opts: dict[str, Any], overrides: list[str], entry_root: str, launch
         raise LaunchError(f"experiment directory {experiment_dir} already exists and is not empty: continue it "
                           f"with --resume {experiment_dir} or choose another --name/--experiment_dir")
     override_flags = group_flags(overrides, "the overrides after --")
-    for flag in (flag for flag in override_flags if flag.name in LAUNCHER_FLAGS):
-        raise LaunchError(f"{flag.name} is set by the launcher: use {LAUNCHER_FLAGS[flag.name]} instead of "
-                          f"-- {flag.name}")
+    ours = next((flag.name for flag in override_flags if flag.name in LAUNCHER_FLAGS), None)
+    if ours:
+        raise LaunchError(f"{ours} is set by the launcher: use {LAUNCHER_FLAGS[ours]} instead of -- {ours}")
     flags = [flag for flag in script.flags if flag.name not in LAUNCHER_FLAGS]
     if opts["num_gpus"] == 0:
         flags = merge_flags(flags, [Flag(("--device", "cpu"), "job_launcher.py (--num_gpus 0)")])
@@ -147,8 +146,8 @@ def plan_new(opts: dict[str, Any], overrides: list[str], entry_root: str, launch
               Flag(("--output_dir", experiment_dir), "job_launcher.py")]
     record = {"method": method, "experiment_dir": experiment_dir, "script_file": script.path,
               "launcher": {k: opts[k] for k in RECORDED_OPTIONS}, "overrides": list(overrides),
-              "train_flags": flatten(flags), "flags": flags, "launcher_argv": launcher_argv}
-    return _plan(record, experiment_dir, entry_root, False, opts["dry_run"], launcher_argv)
+              "train_flags": flatten(flags), "launcher_argv": launcher_argv}
+    return _plan(record, flags, experiment_dir, entry_root, False, opts["dry_run"], launcher_argv)
 
 
 def plan_resume(opts: dict[str, Any], explicit: set[str], overrides: list[str], entry_root: str,
@@ -168,11 +167,11 @@ def plan_resume(opts: dict[str, Any], explicit: set[str], overrides: list[str], 
             record = json.load(handle)
         record["launcher"] = {k: record["launcher"].get(k) if k == "tasks_per_node" else record["launcher"][k]
                               for k in RECORDED_OPTIONS} | {k: opts[k] for k in explicit & set(RECORDED_OPTIONS)}
-        record["train_flags"] = list(record["train_flags"])
+        flags = group_flags(list(record["train_flags"]), path)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise LaunchError(f"cannot read {path}: {exc}") from exc
     _check_options(record["launcher"])
-    return _plan(record, experiment_dir, entry_root, True, opts["dry_run"], launcher_argv)
+    return _plan(record, flags, experiment_dir, entry_root, True, opts["dry_run"], launcher_argv)
 
 
 def command_text(plan: Plan) -> str:
@@ -261,6 +260,7 @@ def _submit(plan: Plan, folder: str) -> int:
     print(f"Submitted job {job.job_id} ({opts['num_nodes']} node(s) x {plan.tasks_per_node} task(s), "
           f"{opts['num_gpus']} GPU(s) per node, {plan.slurm_params['time']} min, partition {opts['partition']})\n"
           f"Logs: {job.paths.stdout} (stdout) and {job.paths.stderr} (stderr), one pair per task\n"
+          f"Submission script: {job.paths.submission_file}\n"
           f"Code: {snapshot or CODE_ROOT + ' (not a git checkout: no snapshot, the job runs the folder as it is then)'}"
           f"\nCheckpoints and training log: {plan.experiment_dir}")
     return 0

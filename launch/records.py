@@ -105,9 +105,9 @@ def environment_record(repo_root: str) -> dict[str, Any]:
     cuda = torch.cuda.is_available()
     return {"created": now().isoformat(), "hostname": platform.node(), "platform": platform.platform(),
             "python": sys.version, "python_executable": sys.executable, "torch": torch.__version__,
-            "cuda": torch.version.cuda, "cuda_available": cuda, "cudnn": torch.backends.cudnn.version() if cuda else None,
+            "torchvision": importlib.metadata.version("torchvision"), "cuda": torch.version.cuda, "cwd": os.getcwd(),
+            "cuda_available": cuda, "cudnn": torch.backends.cudnn.version() if cuda else None,
             "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if cuda else [],
-            "torchvision": importlib.metadata.version("torchvision"), "cwd": os.getcwd(),
             "git": {"commit": git(repo_root, "rev-parse", "HEAD"), "dirty": None if status is None else bool(status),
                     "branch": git(repo_root, "rev-parse", "--abbrev-ref", "HEAD"),
                     "diff": git(repo_root, "diff", "--no-color", "HEAD") if status else ""},
