@@ -19,10 +19,9 @@ from typing import Any
 
 import torch
 
-from src.args import bool_flag
 from src.cli import run_main
 from src.distributed import DistInfo
-from src.downstream.args import add_shared_args
+from src.downstream.args import linear_args_parser as get_args_parser
 from src.downstream.backbone import Pretrained
 from src.downstream.data import EvalData, build_eval_data
 from src.downstream.models import LinearProbe, frozen_features
@@ -30,28 +29,6 @@ from src.downstream.runner import EvalTask, run_evaluation, wrap_ddp
 from src.logging_utils import get_logger
 
 NAME = "eval_linear"
-
-
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("Linear classification on frozen features", add_help=False)
-    g = parser.add_argument_group("classifier")
-    g.add_argument("--global_pooling", default=True, type=bool_flag,
-                   help="if True, we use the backbone's global average pooling (ViT: the CLS token)")
-    g.add_argument("--use_bn", default=False, type=bool_flag,
-                   help="optionally add a batchnorm layer before the linear classifier (without global pooling)")
-    g = parser.add_argument_group("optimisation")
-    g.add_argument("--epochs", default=100, type=int, help="number of total epochs to run")
-    g.add_argument("--batch_size", default=32, type=int, help="batch size per process")
-    g.add_argument("--lr", default=0.3, type=float, help="initial learning rate")
-    g.add_argument("--wd", default=1e-6, type=float, help="weight decay")
-    g.add_argument("--nesterov", default=False, type=bool_flag, help="nesterov momentum")
-    g.add_argument("--scheduler_type", default="cosine", type=str, choices=["step", "cosine"])
-    g.add_argument("--decay_epochs", type=int, nargs="+", default=[60, 80],
-                   help="Epochs at which to decay learning rate.")
-    g.add_argument("--gamma", type=float, default=0.1, help="decay factor")
-    g.add_argument("--final_lr", type=float, default=0, help="final learning rate")
-    add_shared_args(parser)
-    return parser
 
 
 @torch.no_grad()

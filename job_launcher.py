@@ -17,18 +17,9 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import NoReturn
 
-from src.launch.entry import ENTRY_MODULES
-from src.launch.errors import LaunchError
-from src.launch.launcher import CODE_ROOT, execute, plan_new, plan_resume
-
-
-class _Parser(argparse.ArgumentParser):
-    """Argument errors become a LaunchError: one line, no usage dump."""
-
-    def error(self, message: str) -> NoReturn:
-        raise LaunchError(message)
+from launch import LaunchError, StrictParser
+from launch.launcher import CODE_ROOT, ENTRIES, execute, plan_new, plan_resume
 
 
 def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
@@ -36,13 +27,13 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
 
     ``suppress_defaults`` leaves unset options out of the namespace (to see which ones were given).
     """
-    parser = _Parser(prog="job_launcher.py", description=__doc__.split("\n\n")[0], allow_abbrev=False,
+    parser = StrictParser(prog="job_launcher.py", description=__doc__.split("\n\n")[0], allow_abbrev=False,
                      usage="%(prog)s [options] [-- recipe flags to replace or add]")
 
     def add(*names: str, default: object = None, **kwargs: object) -> None:
         parser.add_argument(*names, default=argparse.SUPPRESS if suppress_defaults else default, **kwargs)
 
-    add("--method", default="suave", choices=list(ENTRY_MODULES),
+    add("--method", default="suave", choices=list(ENTRIES),
         help="entry point the recipe runs (suave); eval_semisup / eval_linear: the evaluation scripts")
     add("--script_file", type=str, help="recipe (<method>/scripts/train_10perc.sh)")
     add("--data_dir", default="/data/datasets/imagenet", type=str,

@@ -16,8 +16,6 @@ from src.cli import run_main
 from daino.args import get_args_parser
 from daino.method import DainoMethod, data_config
 
-IMPLEMENTED = True
-
 
 def main(args: argparse.Namespace) -> dict:
     if args.evaluate:

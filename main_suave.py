@@ -16,8 +16,6 @@ from src.cli import run_main
 from suave.args import get_args_parser
 from suave.method import SuaveMethod, data_config
 
-IMPLEMENTED = True
-
 
 def main(args: argparse.Namespace) -> dict:
     if args.evaluate:

@@ -42,7 +42,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from plot import line_plot  # noqa: E402
-from src.launch.script_file import flatten, group_flags, merge_flags, read_script_file  # noqa: E402
+from launch.script_file import flatten, group_flags, merge_flags, read_script_file  # noqa: E402
 
 TIME_POINTS_MIN = (10, 20, 30)
 RECIPES = {

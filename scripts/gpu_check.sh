@@ -93,7 +93,7 @@ run_torchrun() {  # name, entry, recipe, extra flags...
   local dir=$WORK/runs/$name
   mkdir -p "$dir"
   local flags
-  flags=$($PY -c "import sys; from src.launch.script_file import read_script_file, flatten; \
+  flags=$($PY -c "import sys; from launch.script_file import read_script_file, flatten; \
 print(' '.join(flatten(read_script_file(sys.argv[1]).flags)))" "$recipe")
   # shellcheck disable=SC2086
   timeout 300 $PY -m torch.distributed.run --standalone --nproc_per_node 1 "$entry" $flags \

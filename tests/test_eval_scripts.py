@@ -24,7 +24,7 @@ from src.data.synthetic import make_synthetic_imagefolder
 from src.downstream.backbone import build_pretrained_backbone, load_matching_head
 from src.downstream.models import FineTuneNetwork
 from src.downstream.runner import EvalRunner
-from src.launch.script_file import flatten, group_flags, merge_flags, read_script_file
+from launch.script_file import flatten, group_flags, merge_flags, read_script_file
 from src.models import SwAVNetwork, build_backbone
 from tests.test_fmnist_recipe import small_fmnist  # noqa: F401  (fixture: a few hundred real images)
 

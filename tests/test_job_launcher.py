@@ -1,8 +1,8 @@
 """job_launcher.py: recipes, overrides, experiment records, local runs (one process, torchrun), Slurm through
 submitit with fake ``sbatch``/``srun``/``scontrol`` first on PATH, requeue after preemption, and every error.
 
-Most tests use a FAKE entry point (a tiny ``main_suave.py`` written into a temporary folder, no torch) so they
-are fast and test the launcher alone; the tests marked ``real`` run the project's own main_suave.py.
+Most tests use a FAKE entry point (a ``main_suave.py`` written into a temporary folder: the real parser, no
+training) so they are fast and test the launcher alone; the tests at the end run the project's own main_suave.py.
 """
 from __future__ import annotations
 
@@ -20,34 +20,19 @@ from pathlib import Path
 import pytest
 
 import job_launcher
-from src.launch.entry import load_entry_module, validate_flags
-from src.launch.errors import LaunchError
-from src.launch.script_file import Flag, group_flags, merge_flags, read_script_file
+from launch.launcher import ENTRIES
+from launch.script_file import Flag, group_flags, merge_flags, read_script_file, validate_flags
+from src.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PY = sys.executable
 
 # ------------------------------------------------------------------------------------------ the fake entry
 FAKE_ENTRY = '''
-"""Fake {module}: records each call, "trains" epochs of a sleep, resumes from checkpoint.json."""
-import argparse, json, os, sys, time
-
-IMPLEMENTED = True
-
-
-def get_args_parser():
-    p = argparse.ArgumentParser("fake", add_help=False)
-    p.add_argument("--data_path", type=str, default="/nowhere")
-    p.add_argument("--output_dir", type=str, default=".")
-    p.add_argument("--device", type=str, default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--epochs", type=int, default=2)
-    p.add_argument("--{batch_flag}", type=int, default=32)
-    p.add_argument("--{ckpt_flag}", type=str, default=None)
-    p.add_argument("--size_crops", type=int, nargs="+", default=[224])
-    p.add_argument("--sleep_per_epoch", type=float, default=0.0)
-    p.add_argument("--exit_code", type=int, default=0)
-{extra}
-    return p
+"""Fake {module}: the real parser, then records each call, "trains" epochs of a sleep, resumes from checkpoint.json."""
+import json, os, sys, time
+sys.path.insert(0, {repo!r})
+from {method}.args import get_args_parser
 
 
 def main(args):
@@ -61,7 +46,6 @@ def main(args):
     print("FAKE TRAINING OUTPUT", flush=True)
     stop_after = int(os.environ.get("FAKE_STOP_AFTER", "0"))
     for epoch in range(start, args.epochs):
-        time.sleep(args.sleep_per_epoch)
         if os.environ.get("RANK", "0") == "0":
             with open(ckpt + ".tmp", "w") as f:
                 json.dump({{"epoch": epoch + 1}}, f)
@@ -70,7 +54,7 @@ def main(args):
             return 1
         if epoch + 1 == int(os.environ.get("FAKE_HANG_AFTER", "0")):
             time.sleep(60)  # a long epoch, until a signal arrives
-    return args.exit_code
+    return int(os.environ.get("FAKE_EXIT_CODE", "0"))
 
 
 if __name__ == "__main__":
@@ -78,13 +62,11 @@ if __name__ == "__main__":
 '''
 
 
-def write_fake_entry(root: Path, extra_flags: tuple[str, ...] = ()) -> str:
+def write_fake_entry(root: Path) -> str:
+    """main_suave.py and main_daino.py that parse with the real parsers (as the launcher checks) and fake the rest."""
     root.mkdir(parents=True, exist_ok=True)
-    extra = "\n".join(f'    p.add_argument("{f}", type=str, nargs="*")' for f in extra_flags)
-    for module, batch_flag, ckpt_flag in (("main_suave", "batch_size", "swav_init_ckpt"),
-                                         ("main_daino", "batch_size_per_gpu", "dino_init_ckpt")):
-        text = FAKE_ENTRY.format(module=module, batch_flag=batch_flag, ckpt_flag=ckpt_flag, extra=extra)
-        (root / f"{module}.py").write_text(text)
+    for method in ("suave", "daino"):
+        (root / f"main_{method}.py").write_text(FAKE_ENTRY.format(module=f"main_{method}", method=method, repo=REPO))
     return str(root)
 
 
@@ -116,8 +98,9 @@ def entry_root(tmp_path: Path) -> str:
 
 @pytest.fixture
 def data_dir(tmp_path: Path) -> str:
-    for split in ("train", "val"):
+    for split in ("train", "val", "subsets"):
         (tmp_path / "data" / split).mkdir(parents=True)
+    (tmp_path / "data" / "subsets" / "10percent.txt").write_text("n01_1.JPEG\n")  # found at submission, not fetched
     return str(tmp_path / "data")
 
 
@@ -157,20 +140,6 @@ def calls(experiment: str) -> list[dict]:
         return [json.loads(line) for line in handle]
 
 
-# ------------------------------------------------------------------------------- are the real entry points there?
-def _real_entry_ready() -> bool:
-    try:
-        import main_daino
-        import main_suave
-        from src.data.synthetic import make_synthetic_imagefolder  # noqa: F401
-    except Exception:  # not written yet (or mid-edit): the tests of the real entry points wait
-        return False
-    return all(getattr(m, "IMPLEMENTED", False) is True for m in (main_suave, main_daino))
-
-
-real = pytest.mark.skipif(not _real_entry_ready(),
-                          reason="main_suave/main_daino (IMPLEMENTED = True) or src.data.synthetic not importable yet")
-
 # ------------------------------------------------------------------------------------------ recipes
 def test_recipe_with_release_quirks_reads_like_the_release(tmp_path):
     path = tmp_path / "quirky.sh"
@@ -198,14 +167,12 @@ def test_every_released_recipe_parses_like_the_release(path):
     assert "--epochs" in [f.name for f in script.flags]
 
 
-@real
 @pytest.mark.parametrize("path", RELEASED, ids=[os.path.relpath(p, REPO) for p in RELEASED])
 def test_every_flag_of_the_released_recipes_exists(path):
     script = read_script_file(path)
     method = os.path.basename(os.path.dirname(os.path.dirname(path)))
-    module = load_entry_module(REPO, method)  # the project's own parser must accept every flag of the recipe
     flags = list(script.flags) + [Flag(("--data_path", "/d"), "test"), Flag(("--output_dir", "/o"), "test")]
-    args = validate_flags(module, flags, script.entry)
+    args = validate_flags(ENTRIES[method][1], flags, script.entry)  # the project's own parser accepts every flag
     assert args.epochs == int(next(f.values[0] for f in script.flags if f.name == "--epochs"))
     assert args.output_dir == "/o"
 
@@ -213,7 +180,7 @@ def test_every_flag_of_the_released_recipes_exists(path):
 def test_unclosed_quote_names_the_file_and_line(tmp_path):
     path = tmp_path / "broken.sh"
     path.write_text("main_suave.py \\\n--epochs 1 \\\n--name 'oops\n")
-    with pytest.raises(LaunchError, match=f"cannot read line 3 of {path}: No closing quotation"):
+    with pytest.raises(UserError, match=f"cannot read line 3 of {path}: No closing quotation"):  # one-line errors
         read_script_file(str(path))
 
 
@@ -306,9 +273,10 @@ def test_command_sh_runs_by_hand(entry_root, data_dir, recipe, base):
     assert call["cwd"] == entry_root
 
 
-def test_local_run_passes_output_and_exit_code_through(entry_root, data_dir, recipe, base, capfd):
+def test_local_run_passes_output_and_exit_code_through(entry_root, data_dir, recipe, base, capfd, monkeypatch):
+    monkeypatch.setenv("FAKE_EXIT_CODE", "3")
     code = launch(["--num_gpus", "1", "--data_dir", data_dir, "--script_file", recipe, "--base_experiment_dir",
-                   base, "--", "--exit_code", "3"], entry_root)
+                   base], entry_root)
     assert code == 3
     captured = capfd.readouterr()
     assert "FAKE TRAINING OUTPUT" in captured.out and "training exited with code 3" in captured.err
@@ -513,7 +481,7 @@ def test_cpu_job_runs_gloo_tasks_from_a_snapshot_of_the_code(fake_slurm, entry_r
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split()
     assert sorted(p for p in tracked if os.path.exists(os.path.join(REPO, p))) == \
         sorted(os.path.relpath(os.path.join(d, f), code) for d, _, fs in os.walk(code) for f in fs)
-    for path in ("job_launcher.py", "src/launch/slurm.py"):
+    for path in ("job_launcher.py", "launch/slurm.py"):
         assert open(os.path.join(code, path)).read() == open(os.path.join(REPO, path)).read()
     assert f'export PYTHONPATH={code}:{entry_root}"' in script
     git = json.load(open(os.path.join(exp, "env.json")))["git"]
@@ -559,11 +527,17 @@ def test_slurm_resume_resubmits_with_new_resources(fake_slurm, entry_root, data_
     env_before = open(os.path.join(exp, "env.json")).read()
     flags_before = json.load(open(os.path.join(exp, "args.json")))["train_flags"]
     assert launch(["--resume", exp, "--hours", "2", "--partition", "long", "--dry_run"], entry_root) == 0
-    assert "#SBATCH --time=120" in capsys.readouterr().out  # previewed, nothing written
+    preview = capsys.readouterr().out.split("--- sbatch script")[1]
+    assert "#SBATCH --time=120" in preview  # previewed, nothing written
     assert json.load(open(os.path.join(exp, "args.json")))["launcher"]["hours"] == 1
     assert launch(["--resume", exp, "--hours", "2", "--partition", "long"], entry_root) == 0
     script = (fake_slurm / "captured_submission.sh").read_text()
     assert "#SBATCH --time=120" in script and "#SBATCH --partition=long" in script
+    # The dry run's preview is what submitit submits: the same #SBATCH lines, setup and srun command.
+    lines = [line for line in preview.splitlines() if line.startswith(("#SBATCH", "cd ", "export PYTHONPATH", "srun"))]
+    assert sorted(lines) == sorted(line for line in script.splitlines()
+                                   if line.startswith(("#SBATCH", "cd ", "export PYTHONPATH", "srun"))
+                                   and "--open-mode" not in line and "--wckey" not in line)
     record = json.load(open(os.path.join(exp, "args.json")))
     assert (record["launcher"]["hours"], record["launcher"]["partition"]) == (2, "long")
     assert record["train_flags"] == flags_before
@@ -603,7 +577,6 @@ README_COMMANDS = {
 }
 
 
-@real
 @pytest.mark.parametrize("mode", sorted(README_COMMANDS))
 def test_the_readme_commands_run_as_written(mode, data_dir, base, monkeypatch, capsys):
     monkeypatch.chdir(REPO)
@@ -796,7 +769,6 @@ def real_argv(tiny, base: str, num_gpus: int, *extra: str, overrides: tuple[str,
             "--base_experiment_dir", base, *extra, "--", "--subset_file", subset, *overrides]
 
 
-@real
 @pytest.mark.slow
 def test_real_cpu_run_trains_and_leaves_the_checkpoint(tiny, base):
     from src.checkpoint import read_checkpoint
@@ -808,7 +780,6 @@ def test_real_cpu_run_trains_and_leaves_the_checkpoint(tiny, base):
     assert "backend none (single process)" in open(os.path.join(exp, "train.log")).read()
 
 
-@real
 @pytest.mark.slow
 def test_real_two_gloo_processes_on_cpu(tiny, base):
     from src.checkpoint import read_checkpoint
@@ -819,7 +790,6 @@ def test_real_two_gloo_processes_on_cpu(tiny, base):
     assert "2 process(es), backend gloo" in open(os.path.join(exp, "train.log")).read()
 
 
-@real
 @pytest.mark.slow
 def test_real_requeued_slurm_job_resumes_from_the_checkpoint(fake_slurm, tiny, base):
     from submitit.helpers import DelayedSubmission

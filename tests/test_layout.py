@@ -40,3 +40,11 @@ def test_suave_and_daino_do_not_import_each_other():
     for method, other in (("suave", "daino"), ("daino", "suave")):
         for path in (REPO / method).rglob("*.py"):
             assert not any(m.split(".")[0] == other for m in imported_modules(path)), path
+
+
+def test_the_launcher_sits_above_the_methods():
+    """launch/ imports the methods' parsers (an arrow down), loads no file as a module, and nothing below imports it."""
+    below = [p for folder in ("src", "suave", "daino") for p in (REPO / folder).rglob("*.py")]
+    assert [str(p) for p in below if any(m.split(".")[0] == "launch" for m in imported_modules(p))] == []
+    modules = set().union(*(imported_modules(p) for p in (REPO / "launch").rglob("*.py")))
+    assert {"suave.args", "daino.args", "src.downstream.args"} <= modules and "importlib.util" not in modules

@@ -23,7 +23,7 @@ import torch
 
 import job_launcher
 from src.checkpoint import read_checkpoint
-from src.launch.snapshot import snapshot_code
+from launch.records import snapshot_code
 from tests.slurm_cluster import cancel_all_jobs, slurm_cluster, unavailable_reason
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

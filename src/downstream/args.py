@@ -1,6 +1,7 @@
 """Flags ``eval_semisup.py`` and ``eval_linear.py`` share (names and defaults of the release where it has them).
 
-Each script adds its own optimisation flags; "(new)" marks flags the release does not have.
+``semisup_args_parser`` and ``linear_args_parser`` are the two scripts' whole parsers (the launcher imports them);
+"(new)" marks flags the release does not have.
 """
 from __future__ import annotations
 
@@ -74,3 +75,67 @@ def add_shared_args(parser: argparse.ArgumentParser) -> None:
     add_backbone_args(parser)
     add_run_args(parser)
     add_dist_args(parser)
+
+
+def semisup_args_parser() -> argparse.ArgumentParser:
+    """eval_semisup.py's flags: the release's fine-tuning parser (SwAV lineage), plus the shared ones."""
+    parser = argparse.ArgumentParser("Fine-tuning with 1% or 10% of the labels", add_help=False)
+    g = parser.add_argument_group("labels")
+    g.add_argument("--labels_perc", type=str, default="10", choices=["1", "10"],
+                   help="fine-tune on either 1%% or 10%% of labels (DATA/subsets/{1,10}percent.txt)")
+    g.add_argument("--subset_file", type=str, default=None,
+                   help="(new) list of labelled files ('<wnid>_<n>.JPEG' or '<class>/<file>'); overrides --labels_perc")
+    g = parser.add_argument_group("head")
+    g.add_argument("--hidden_mlp", default=[2048], type=int, nargs="+",
+                   help="hidden layer dimensions of the head (0: a linear classifier)")
+    g.add_argument("--load_hidden_mlp", type=bool_flag, default=True,
+                   help="load the head layers whose names and shapes match the checkpoint's projection head")
+    g.add_argument("--ensemble_eval", type=bool_flag, default=False, help="kept for the release's scripts: false only")
+    g.add_argument("--bn_ensemble", type=bool_flag, default=False, help="kept for the release's scripts")
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--epochs", default=50, type=int, help="number of total epochs to run")
+    g.add_argument("--batch_size", default=64, type=int, help="batch size per process")
+    g.add_argument("--lr", default=0.02, type=float, help="initial learning rate - trunk")
+    g.add_argument("--lr_last_layer", default=0.02, type=float, help="initial learning rate - head")
+    g.add_argument("--apply_lr_last_layer", type=bool_flag, default=None,
+                   help="(new) give the head --lr_last_layer (times the schedule); default: false with the "
+                        "release's cosine schedule (where it had no effect), true with SwAV's step schedule")
+    g.add_argument("--final_lr", type=float, default=0, help="final learning rate value (cosine)")
+    g.add_argument("--warmup_epochs", default=0, type=int, help="number of warmup epochs (cosine)")
+    g.add_argument("--wd", default=0., type=float, help="weight decay")
+    g.add_argument("--scheduler_type", default="cosine", type=str, choices=["cosine", "step"],
+                   help="(new here) cosine: the release's; step: SwAV's original MultiStepLR")
+    g.add_argument("--decay_epochs", type=int, nargs="+", default=[12, 16],
+                   help="(new here) epochs at which --scheduler_type step multiplies the lr by --gamma")
+    g.add_argument("--gamma", type=float, default=0.2, help="(new here) decay factor of --scheduler_type step")
+    g = parser.add_argument_group("augmentation")
+    g.add_argument("--mixup", type=bool_flag, default=False, help="whether to use mixup on labeled images")
+    g.add_argument("--mixup_type", type=str, default="extend", choices=["extend", "replace"],
+                   help="whether to extend or replace the batch with mixed imgs")
+    g.add_argument("--light_augment", type=bool_flag, default=False,
+                   help="color jitter (0.1, 0.1, 0.1, 0.1) with p = 0.8 after crop and flip")
+    add_shared_args(parser)
+    return parser
+
+
+def linear_args_parser() -> argparse.ArgumentParser:
+    """eval_linear.py's flags: the release's linear-classification parser, plus the shared ones."""
+    parser = argparse.ArgumentParser("Linear classification on frozen features", add_help=False)
+    g = parser.add_argument_group("classifier")
+    g.add_argument("--global_pooling", default=True, type=bool_flag,
+                   help="if True, we use the backbone's global average pooling (ViT: the CLS token)")
+    g.add_argument("--use_bn", default=False, type=bool_flag,
+                   help="optionally add a batchnorm layer before the linear classifier (without global pooling)")
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--epochs", default=100, type=int, help="number of total epochs to run")
+    g.add_argument("--batch_size", default=32, type=int, help="batch size per process")
+    g.add_argument("--lr", default=0.3, type=float, help="initial learning rate")
+    g.add_argument("--wd", default=1e-6, type=float, help="weight decay")
+    g.add_argument("--nesterov", default=False, type=bool_flag, help="nesterov momentum")
+    g.add_argument("--scheduler_type", default="cosine", type=str, choices=["step", "cosine"])
+    g.add_argument("--decay_epochs", type=int, nargs="+", default=[60, 80],
+                   help="Epochs at which to decay learning rate.")
+    g.add_argument("--gamma", type=float, default=0.1, help="decay factor")
+    g.add_argument("--final_lr", type=float, default=0, help="final learning rate")
+    add_shared_args(parser)
+    return parser
