@@ -65,7 +65,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from src.atomic_io import atomic_open
-from src.errors import UserError
+from src.errors import MissingPathError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -131,16 +131,16 @@ def read_checkpoint(path: PathLike, flag: str | None = None) -> dict:
     """Read a checkpoint on the CPU with ``torch.load(weights_only=True)``, ``argparse.Namespace`` allowed.
 
     ``flag`` names the command-line option that points to ``path`` (e.g. ``"--swav_init_ckpt"``) so the
-    error messages can say which setting to fix. Raises FileNotFoundError for a missing file and
-    :class:`CheckpointError` for a truncated/corrupt file or one that needs other pickled objects (it is
-    never retried with ``weights_only=False``).
+    error messages can say which setting to fix. Raises MissingPathError (a FileNotFoundError) for a missing
+    file and :class:`CheckpointError` for a directory, a truncated/corrupt file or one that needs other pickled
+    objects (it is never retried with ``weights_only=False``).
     """
     where = _describe(path, flag)
     if not os.path.exists(path):
         hint = f"; set {flag} to an existing checkpoint file" if flag else ""
-        raise FileNotFoundError(f"checkpoint file not found: {where}{hint}")
+        raise MissingPathError(f"checkpoint file not found: {where}{hint}")
     if os.path.isdir(path):
-        raise IsADirectoryError(f"checkpoint path is a directory, not a file: {where}")
+        raise CheckpointError(f"checkpoint path is a directory, not a file: {where}")
     try:
         with _allow_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)

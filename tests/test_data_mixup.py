@@ -9,6 +9,7 @@ import torch
 from src.data.collate import LabelledBatch, LabelledCollate, UnlabelledBatch, UnlabelledCollate
 from src.data.mixup import MixParams, apply_mix, mixed_targets, one_hot, sample_mix_params
 from src.data.seeding import seeded_rngs
+from src.errors import FlagError
 
 
 def reference_params(h, w, rng, mixup_alpha=1.0, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5):
@@ -141,7 +142,7 @@ def test_repeated_augmentation_concatenates_repetitions():
 
 
 def test_labelled_mixup_needs_enough_outputs():
-    with pytest.raises(ValueError, match="--nmb_prototypes / --out_dim"):
+    with pytest.raises(FlagError, match="--nmb_prototypes / --out_dim"):
         LabelledCollate(num_classes=3, mixup="extend")(_labelled_samples([1, 2], [0, 3]))
     with pytest.raises(ValueError, match="needs num_classes"):
         LabelledCollate(mixup="extend")
@@ -179,9 +180,9 @@ def test_unlabelled_mixing_pairs_and_lambdas(mode, pairs):
 
 
 def test_unlabelled_mixing_errors():
-    with pytest.raises(ValueError, match="even number of views"):
+    with pytest.raises(FlagError, match="even number of views"):
         UnlabelledCollate(mixup="all")(_multiview_samples(2, [8, 8, 4]))
-    with pytest.raises(ValueError, match="pairs must have one crop size"):
+    with pytest.raises(FlagError, match="pairs must have one crop size"):
         UnlabelledCollate(mixup="all")(_multiview_samples(2, [8, 8, 4, 2]))
     with pytest.raises(ValueError, match="unlabelled mixup mode"):
         UnlabelledCollate(mixup="locals")

@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from src.errors import FlagError
 from src.losses import (DINOLoss, multiview_cross_entropy, smooth_labels, soft_cross_entropy, teacher_targets,
                         weighted_by_rows)
 from tests.dist_helpers import run_in_processes
@@ -46,9 +47,9 @@ def test_smooth_labels_equal_torch_label_smoothing(smoothing):
 
 
 def test_smooth_labels_errors():
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 5\)"):
+    with pytest.raises(FlagError, match=r"labels must lie in \[0, 5\)"):
         smooth_labels(torch.tensor([0, 5]), 5, 0.1)
-    with pytest.raises(ValueError, match="--label_smoothing"):
+    with pytest.raises(FlagError, match="--label_smoothing"):
         smooth_labels(torch.tensor([0, 1]), 5, 1.5)
 
 
