@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from src.data.collate import LabelledBatch, LabelledCollate, UnlabelledBatch, UnlabelledCollate
-from src.data.mixup import MixParams, apply_mix, mixed_targets, one_hot, sample_mix_params
+from src.data.mixup import MixParams, apply_mix, one_hot, sample_mix_params, soft_mixed_labels
 from src.data.seeding import seeded_rngs
 from src.errors import FlagError
 
@@ -78,7 +78,7 @@ def test_no_mix_returns_a_copy():
 
 def test_soft_targets():
     labels = torch.tensor([0, 2, 1, 2])
-    y = mixed_targets(labels, 3, 0.3)
+    y = soft_mixed_labels(labels, 3, 0.3)
     torch.testing.assert_close(y.sum(1), torch.ones(4))
     torch.testing.assert_close(y[0], torch.tensor([0.3, 0.0, 0.7]))  # row 0 mixes with row 3 (label 2)
     torch.testing.assert_close(y[1], torch.tensor([0.0, 0.7, 0.3]))  # row 1 (label 2) with row 2 (label 1)

@@ -36,7 +36,7 @@ import torch
 
 from src.errors import FlagError
 
-from .mixup import MixParams, apply_mix, mixed_targets, one_hot, sample_mix_params
+from .mixup import MixParams, apply_mix, one_hot, sample_mix_params, soft_mixed_labels
 
 LABELLED_MIXUP_MODES = ("extend", "replace")
 UNLABELLED_MIXUP_MODES = ("globals", "all")
@@ -140,7 +140,7 @@ class LabelledCollate:
         params = sample_mix_params(images.shape[-2], images.shape[-1], _rng_from_torch(), self.mixup_alpha,
                                    self.cutmix_alpha, self.prob, self.switch_prob)
         mixed = apply_mix(images, images, params)
-        soft = mixed_targets(labels, self.num_classes, params.lam, self.label_smoothing)
+        soft = soft_mixed_labels(labels, self.num_classes, params.lam, self.label_smoothing)
         if self.mixup == "extend":
             clean = one_hot(labels, self.num_classes, self.label_smoothing)
             return LabelledBatch(torch.cat([images, mixed]), torch.cat([clean, soft]), labels, len(labels))
