@@ -15,6 +15,7 @@ from daino.args import get_args_parser as daino_parser
 from launch import LaunchError, records, slurm
 from launch.script_file import (Flag, absolutize_paths, flatten, group_flags, merge_flags, read_script_file,
                                 validate_flags)
+from src.atomic_io import write_json_atomic, write_text_atomic
 from src.downstream.args import linear_args_parser, semisup_args_parser
 from suave.args import get_args_parser as suave_parser
 
@@ -193,9 +194,10 @@ def _write_records(plan: Plan, folder: str) -> None:
     """args.json and command.sh; for a new experiment also the recipe's copy and env.json."""
     if not plan.resume:
         shutil.copy2(plan.record["script_file"], os.path.join(folder, os.path.basename(plan.record["script_file"])))
-        records.write_json(os.path.join(folder, records.ENV_FILE), records.environment_record(CODE_ROOT))
-    records.write_json(os.path.join(folder, records.ARGS_FILE), plan.record | {"updated": records.now().isoformat()})
-    records.write_text(os.path.join(folder, records.COMMAND_FILE), command_text(plan), executable=True)
+        write_json_atomic(os.path.join(folder, records.ENV_FILE), records.environment_record(CODE_ROOT), default=str)
+    write_json_atomic(os.path.join(folder, records.ARGS_FILE), plan.record | {"updated": records.now().isoformat()},
+                      default=str)
+    write_text_atomic(os.path.join(folder, records.COMMAND_FILE), command_text(plan), mode=0o755)
 
 
 def _log_launch(plan: Plan, **details: Any) -> None:
@@ -218,7 +220,7 @@ def execute(plan: Plan) -> int:
             _write_records(plan, staging)
             if plan.dry_run and preview:
                 os.makedirs(os.path.join(staging, "slurm"))
-                records.write_text(os.path.join(staging, "slurm", "dry_run_submission.sh"), preview)
+                write_text_atomic(os.path.join(staging, "slurm", "dry_run_submission.sh"), preview)
     elif not plan.dry_run:
         _write_records(plan, plan.experiment_dir)
     if plan.dry_run:

@@ -45,20 +45,6 @@ def staged_directory(final: str) -> Iterator[str]:
         raise
 
 
-def write_text(path: str, text: str, executable: bool = False) -> None:
-    """Write ``text`` atomically (temporary file + rename)."""
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-    if executable:
-        os.chmod(tmp, 0o755)
-    os.replace(tmp, path)
-
-
-def write_json(path: str, data: Any) -> None:
-    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-
-
 def append_launch(experiment_dir: str, entry: dict[str, Any]) -> None:
     with open(os.path.join(experiment_dir, LAUNCHES_FILE), "a", encoding="utf-8") as handle:
         handle.write(json.dumps({"time": now().isoformat(), **entry}, default=str) + "\n")

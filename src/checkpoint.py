@@ -2,7 +2,7 @@
 
 Reading is always ``torch.load(..., weights_only=True, map_location="cpu")``; ``argparse.Namespace`` (the
 ``args`` entry of the DINO full checkpoint) is allow-listed for the duration of one call only, so nothing
-global changes. Writing is atomic: a temporary file beside the target, flushed and fsync'ed, then
+global changes. Writing is atomic (:mod:`src.atomic_io`): a temporary file beside the target, fsync'ed, then
 ``os.replace``; a crash mid-write leaves the previous checkpoint intact.
 
 The checkpoint contract (layout version 2; ``EXP/checkpoint.pth`` written by ``src.engine.Trainer``)
@@ -56,7 +56,6 @@ import math
 import os
 import pickle
 import shutil
-import uuid
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Union
@@ -65,7 +64,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from src.errors import UserError
+from src.atomic_io import atomic_open
+from src.errors import MissingPathError, UserError
 
 logger = logging.getLogger(__name__)
 
@@ -131,16 +131,16 @@ def read_checkpoint(path: PathLike, flag: str | None = None) -> dict:
     """Read a checkpoint on the CPU with ``torch.load(weights_only=True)``, ``argparse.Namespace`` allowed.
 
     ``flag`` names the command-line option that points to ``path`` (e.g. ``"--swav_init_ckpt"``) so the
-    error messages can say which setting to fix. Raises FileNotFoundError for a missing file and
-    :class:`CheckpointError` for a truncated/corrupt file or one that needs other pickled objects (it is
-    never retried with ``weights_only=False``).
+    error messages can say which setting to fix. Raises MissingPathError (a FileNotFoundError) for a missing
+    file and :class:`CheckpointError` for a directory, a truncated/corrupt file or one that needs other pickled
+    objects (it is never retried with ``weights_only=False``).
     """
     where = _describe(path, flag)
     if not os.path.exists(path):
         hint = f"; set {flag} to an existing checkpoint file" if flag else ""
-        raise FileNotFoundError(f"checkpoint file not found: {where}{hint}")
+        raise MissingPathError(f"checkpoint file not found: {where}{hint}")
     if os.path.isdir(path):
-        raise IsADirectoryError(f"checkpoint path is a directory, not a file: {where}")
+        raise CheckpointError(f"checkpoint path is a directory, not a file: {where}")
     try:
         with _allow_globals([argparse.Namespace]):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
@@ -211,48 +211,6 @@ def _to_plain(value: Any, where: str) -> Any:
     )
 
 
-def _fsync_directory(directory: str) -> None:
-    """Persist a rename on POSIX (fsync of the directory); a no-op where directories cannot be opened."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _temporary_path(path: str) -> str:
-    directory, name = os.path.split(os.path.abspath(path))
-    return os.path.join(directory, f".{name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-
-
-@contextlib.contextmanager
-def _atomic_target(path: PathLike) -> Iterator[Any]:
-    """Yield a binary file to write; on success it atomically replaces ``path``, on error it is removed."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"cannot write checkpoint {path}: directory {directory} does not exist")
-    temporary = _temporary_path(path)
-    # os.open with 0o666 keeps the usual umask-based permissions (tempfile would give 0o600).
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(temporary)
-        raise
-    _fsync_directory(directory)
-
-
 def save_checkpoint_atomic(state: dict, path: PathLike) -> None:
     """Write ``state`` to ``path`` atomically (temp file in the same directory, fsync, ``os.replace``).
 
@@ -264,7 +222,7 @@ def save_checkpoint_atomic(state: dict, path: PathLike) -> None:
     if not isinstance(state, Mapping):
         raise TypeError(f"checkpoint state must be a dict, got {type(state).__name__}")
     plain = _to_plain(state, "state")
-    with _atomic_target(path) as handle:
+    with atomic_open(path) as handle:
         torch.save(plain, handle)
 
 
@@ -272,7 +230,7 @@ def copy_snapshot(path: PathLike, snapshot_path: PathLike) -> None:
     """Copy checkpoint ``path`` to ``snapshot_path`` atomically (the --checkpoint_freq / --saveckp_freq copies)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"cannot snapshot checkpoint: {os.fspath(path)} does not exist")
-    with open(path, "rb") as source, _atomic_target(snapshot_path) as target:
+    with open(path, "rb") as source, atomic_open(snapshot_path) as target:
         shutil.copyfileobj(source, target, length=16 * 1024 * 1024)
 
 

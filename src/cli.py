@@ -1,13 +1,12 @@
 """Command-line front door shared by main_suave.py and main_daino.py: parse, run, and turn the errors a
-user can fix into one clear line and a non-zero exit code (no traceback)."""
+user can fix (``src.errors.UserError`` and its subclasses: flags, paths, data, checkpoints) into one clear
+line and a non-zero exit code. Any other exception (a ValueError from a shape bug, say) keeps its traceback."""
 from __future__ import annotations
 
 import argparse
 import sys
 from typing import Callable
 
-from src.checkpoint import CheckpointError
-from src.data.errors import DataError
 from src.errors import TrainingDiverged, UserError
 
 
@@ -17,7 +16,7 @@ def run_main(get_parser: Callable[[], argparse.ArgumentParser], main: Callable[[
     args = parser.parse_args(argv)
     try:
         main(args)
-    except (UserError, FileNotFoundError, CheckpointError, DataError, ValueError) as exc:
+    except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except TrainingDiverged as exc:

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from src.distributed import all_gather_cat, all_reduce_max, all_reduce_sum, get_rank, get_world_size
+from src.errors import FlagError
 
 
 @torch.no_grad()
@@ -40,9 +41,9 @@ def sinkhorn_knopp(scores: torch.Tensor, epsilon: float = 0.05, n_iters: int = 3
     if scores.ndim != 2:
         raise ValueError(f"sinkhorn_knopp expects scores of shape (batch, prototypes), got {tuple(scores.shape)}")
     if epsilon <= 0:
-        raise ValueError(f"sinkhorn_knopp needs epsilon > 0 (--epsilon), got {epsilon}")
+        raise FlagError(f"sinkhorn_knopp needs epsilon > 0 (--epsilon), got {epsilon}")
     if n_iters < 0:
-        raise ValueError(f"sinkhorn_knopp needs n_iters >= 0 (--sinkhorn_iterations), got {n_iters}")
+        raise FlagError(f"sinkhorn_knopp needs n_iters >= 0 (--sinkhorn_iterations), got {n_iters}")
     with torch.autocast(device_type=scores.device.type, enabled=False):
         logits = scores.detach().float() / epsilon
         global_max = all_reduce_max(logits.max())
@@ -104,9 +105,9 @@ class SwAVQueue:
                              f"{n_crops_for_assign} and {feat_dim}")
         total = queue_length - queue_length % global_batch_size
         if total <= 0:
-            raise ValueError(f"--queue_length {queue_length} is shorter than the global batch "
-                             f"{global_batch_size} (batch_size x world size): use --queue_length 0 to "
-                             f"disable the queue, or at least {global_batch_size}")
+            raise FlagError(f"--queue_length {queue_length} is shorter than the global batch "
+                            f"{global_batch_size} (batch_size x world size): use --queue_length 0 to "
+                            f"disable the queue, or at least {global_batch_size}")
         self.world_size = world_size
         self.rank = get_rank()
         self.global_batch_size = global_batch_size

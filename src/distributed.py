@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from src.errors import FlagError
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -64,7 +66,7 @@ def init_distributed(local_rank_arg: int | None = None, device: str = "auto",
     rank, world, local = detect_ranks(local_rank_arg)
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     if use_cuda and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+        raise FlagError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
     if use_cuda:
         torch.cuda.set_device(local % torch.cuda.device_count())
         dev = torch.device("cuda", torch.cuda.current_device())

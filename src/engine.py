@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from src import distributed, perf
+from src.atomic_io import write_json_atomic
 from src.checkpoint import LAYOUT_VERSION, checkpoint_networks, copy_snapshot, read_checkpoint, save_checkpoint_atomic
 from src.data.bad_images import BadImageTracker
 from src.data_setup import DataBundle, DataConfig, build_data
@@ -147,8 +148,7 @@ class Trainer:
                    "iterations": self.state.iteration, "stopped_early": stopped_early,
                    "wall_time_s": self.clock.elapsed(), "train_minutes": self.clock.train_seconds() / 60, **val_stats}
         if distributed.is_main_process():
-            with open(results_path, "w") as handle:
-                json.dump(results, handle, indent=2)
+            write_json_atomic(results_path, results)
             self.logger.info("done: %s", json.dumps(results))
             self.logger.info("checkpoint: %s | log: %s | stats: %s", self.checkpoint_path,
                              os.path.join(args.output_dir, "train.log"), os.path.join(args.output_dir, "stats.csv"))

@@ -20,6 +20,7 @@ import pandas as pd
 import torch
 
 from src import distributed
+from src.atomic_io import atomic_path
 
 LOGGER_NAME = "suavedaino"
 
@@ -131,9 +132,8 @@ class StatsTable:
 
     def append(self, row: dict[str, Any]) -> None:
         self.frame = pd.concat([self.frame, pd.DataFrame([row])], ignore_index=True)
-        tmp = self.csv_path + ".tmp"
-        self.frame.to_csv(tmp, index=False)
-        os.replace(tmp, self.csv_path)
+        with atomic_path(self.csv_path) as tmp:
+            self.frame.to_csv(tmp, index=False)
         with open(self.jsonl_path, "a") as handle:
             handle.write(json.dumps(row) + "\n")
 

@@ -17,6 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from src.distributed import all_reduce_sum, get_world_size
+from src.errors import FlagError
 
 
 def soft_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -41,11 +42,11 @@ def smooth_labels(labels: torch.Tensor, num_classes: int, smoothing: float) -> t
         raise ValueError(f"smooth_labels expects a 1-D integer tensor of class indices, got "
                          f"{labels.dtype} of shape {tuple(labels.shape)}")
     if not 0.0 <= smoothing <= 1.0:
-        raise ValueError(f"label smoothing must lie in [0, 1] (--label_smoothing), got {smoothing}")
+        raise FlagError(f"label smoothing must lie in [0, 1] (--label_smoothing), got {smoothing}")
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}); got values from {int(labels.min())} to "
-                         f"{int(labels.max())}: the number of prototypes/classes (--nmb_prototypes, --out_dim) "
-                         f"must cover every class of the dataset")
+        raise FlagError(f"labels must lie in [0, {num_classes}); got values from {int(labels.min())} to "
+                        f"{int(labels.max())}: the number of prototypes/classes (--nmb_prototypes, --out_dim) "
+                        f"must cover every class of the dataset")
     one_hot = F.one_hot(labels.long(), num_classes).float()
     return one_hot * (1.0 - smoothing) + smoothing / num_classes
 
@@ -134,8 +135,8 @@ class DINOLoss(nn.Module):
                  center_momentum: float = 0.9) -> None:
         super().__init__()
         if not 0 <= warmup_teacher_temp_epochs <= nepochs:
-            raise ValueError(f"--warmup_teacher_temp_epochs ({warmup_teacher_temp_epochs}) must lie between 0 "
-                             f"and --epochs ({nepochs})")
+            raise FlagError(f"--warmup_teacher_temp_epochs ({warmup_teacher_temp_epochs}) must lie between 0 "
+                            f"and --epochs ({nepochs})")
         if ncrops < 2:
             raise ValueError(f"DINOLoss needs at least 2 crops, got ncrops={ncrops}")
         self.student_temp = student_temp

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from src.errors import FlagError
+
 
 class LARS(torch.optim.Optimizer):
     """SGD with momentum and layer-wise adaptive rate scaling, as the Suave release's ``suave/utils.py``.
@@ -128,7 +130,7 @@ def cosine_schedule(base_value: float, final_value: float, epochs: int, niter_pe
         raise ValueError(f"cosine_schedule needs epochs > 0 and iterations per epoch > 0, got {epochs} and "
                          f"{niter_per_ep} (is the training loader empty? check --batch_size and the data)")
     if not 0 <= warmup_epochs <= epochs:
-        raise ValueError(f"warm-up epochs ({warmup_epochs}) must lie between 0 and --epochs ({epochs})")
+        raise FlagError(f"warm-up epochs ({warmup_epochs}) must lie between 0 and --epochs ({epochs})")
     warmup_iters = warmup_epochs * niter_per_ep
     warmup = np.linspace(start_warmup_value, base_value, warmup_iters) if warmup_iters > 0 else np.array([])
     iters = np.arange(epochs * niter_per_ep - warmup_iters)

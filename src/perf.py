@@ -15,6 +15,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from src.errors import FlagError
+
 
 
 def configure_backends(args: argparse.Namespace, device: torch.device) -> None:
@@ -50,7 +52,7 @@ class FiniteCheck:
 
     def __init__(self, every: int = 1) -> None:
         if every < 1:
-            raise ValueError(f"--nan_check_every must be >= 1, got {every}")
+            raise FlagError(f"--nan_check_every must be >= 1, got {every}")
         self.every = every
         self.first_bad: torch.Tensor | None = None
 

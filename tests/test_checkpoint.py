@@ -29,6 +29,7 @@ from src.checkpoint import (
     resize_pos_embed,
     save_checkpoint_atomic,
 )
+from src.errors import MissingPathError
 
 SWAV_FILE = "swav_800ep_pretrain.pth.tar"
 DINO_BACKBONE_FILE = "dino_deitsmall16_pretrain.pth"
@@ -446,10 +447,12 @@ def test_missing_projection_key_is_named(swav_release):
 
 def test_missing_file_names_the_path_and_the_flag(tmp_path):
     path = tmp_path / "nowhere" / "swav_800ep_pretrain.pth.tar"
-    with pytest.raises(FileNotFoundError, match=rf"{path} \(given by --swav_init_ckpt\).*set --swav_init_ckpt"):
+    with pytest.raises(MissingPathError, match=rf"{path} \(given by --swav_init_ckpt\).*set --swav_init_ckpt"):
         read_checkpoint(path, flag="--swav_init_ckpt")
-    with pytest.raises(FileNotFoundError, match=rf"not found: {path}"):
+    with pytest.raises(MissingPathError, match=rf"not found: {path}"):
         load_pretrained_backbone(nn.Linear(1, 1), path)
+    with pytest.raises(CheckpointError, match=rf"a directory, not a file: {tmp_path} \(given by --pretrained\)"):
+        read_checkpoint(tmp_path, flag="--pretrained")
 
 
 @pytest.mark.parametrize("zip_format", [True, False])

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from src.clustering import SwAVQueue, sinkhorn_knopp
+from src.errors import FlagError
 from tests.dist_helpers import run_in_processes
 
 
@@ -91,7 +92,7 @@ def test_sinkhorn_fp16_input_computes_in_fp32():
 def test_sinkhorn_rejects_bad_input():
     with pytest.raises(ValueError, match="shape"):
         sinkhorn_knopp(torch.zeros(3, 4, 5))
-    with pytest.raises(ValueError, match="epsilon"):
+    with pytest.raises(FlagError, match="epsilon"):
         sinkhorn_knopp(torch.zeros(3, 4), epsilon=0.0)
 
 
@@ -155,7 +156,7 @@ def test_queue_push_and_prepend_match_release():
 
 
 def test_queue_errors():
-    with pytest.raises(ValueError, match="--queue_length 5 is shorter than the global batch 8"):
+    with pytest.raises(FlagError, match="--queue_length 5 is shorter than the global batch 8"):
         SwAVQueue(2, 5, 4, global_batch_size=8, world_size=1)
     with pytest.raises(ValueError, match="world size 2 but the process group has 1"):
         SwAVQueue(2, 16, 4, global_batch_size=8, world_size=2)

@@ -14,6 +14,7 @@ from src.data.device_aug import (BatchColorJitter, BatchGaussianBlur, BatchGrays
                                  DevicePhotometric, ViewPhotometric, hsv_to_rgb, rgb_to_hsv)
 from src.data.fast_aug import accelerate
 from src.data.seeding import seeded_rngs
+from src.errors import FlagError
 
 from .test_data_fast_aug import _photo, _within_sampling_error, view_stats
 
@@ -100,7 +101,7 @@ def test_deferred_unlabelled_mixup_mixes_the_finished_views():
 
 
 def test_unknown_op_is_refused():
-    with pytest.raises(ValueError, match="no device version"):
+    with pytest.raises(FlagError, match="no device version"):
         ViewPhotometric.from_recipe(T_compose_with_rotation())
 
 

@@ -11,6 +11,7 @@ from src.data import transforms as TR
 from src.data.augmentations import RandomGaussianBlur, RandomSolarize
 from src.data.fast_aug import LEVERS, HueTable, accelerate, hue_tables
 from src.data.seeding import seeded_rngs
+from src.errors import FlagError
 
 T = TR.T
 
@@ -117,7 +118,7 @@ def test_device_photometric_stops_after_the_flip_in_uint8():
 
 
 def test_unknown_ops_and_levers_are_refused():
-    with pytest.raises(ValueError, match="no fast version"):
+    with pytest.raises(FlagError, match="no fast version"):
         accelerate(T.Compose([T.RandomResizedCrop(8), T.RandomRotation(10), T.ToTensor()]))
     with pytest.raises(ValueError, match="unknown levers"):
         accelerate(TR.labelled_transform("standard", 8), levers=("warp",))

@@ -13,6 +13,7 @@ from src.data import build_datasets, make_synthetic_imagefolder
 from src.data.collate import LabelledBatch, UnlabelledCollate
 from src.data.loaders import InfiniteLabelledLoader, build_unlabelled_loader, build_val_loader
 from src.data.transforms import labelled_transform, swav_multicrop, val_transform
+from src.errors import FlagError
 
 
 class RandomItems(Dataset):
@@ -104,10 +105,10 @@ def test_labelled_stream_does_not_depend_on_workers():
 
 
 def test_labelled_errors():
-    with pytest.raises(ValueError, match=r"fewer than one labelled batch of 16.*--lab_batch_size"):
+    with pytest.raises(FlagError, match=r"fewer than one labelled batch of 16.*--lab_batch_size"):
         InfiniteLabelledLoader(RandomItems(20), 16, rank=0, world_size=2)
     loader = InfiniteLabelledLoader(RandomItems(20), 5)
-    with pytest.raises(ValueError, match=r"offset 4\) is out of range: a pass has 4 batches"):
+    with pytest.raises(FlagError, match=r"offset 4\) is out of range: a pass has 4 batches"):
         loader.load_state_dict({"pass": 0, "offset": 4})
 
 

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from src.data.collate import LabelledBatch, LabelledCollate, UnlabelledBatch, UnlabelledCollate
-from src.data.mixup import MixParams, apply_mix, mixed_targets, one_hot, sample_mix_params
+from src.data.mixup import MixParams, apply_mix, one_hot, sample_mix_params, soft_mixed_labels
 from src.data.seeding import seeded_rngs
+from src.errors import FlagError
 
 
 def reference_params(h, w, rng, mixup_alpha=1.0, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5):
@@ -77,7 +78,7 @@ def test_no_mix_returns_a_copy():
 
 def test_soft_targets():
     labels = torch.tensor([0, 2, 1, 2])
-    y = mixed_targets(labels, 3, 0.3)
+    y = soft_mixed_labels(labels, 3, 0.3)
     torch.testing.assert_close(y.sum(1), torch.ones(4))
     torch.testing.assert_close(y[0], torch.tensor([0.3, 0.0, 0.7]))  # row 0 mixes with row 3 (label 2)
     torch.testing.assert_close(y[1], torch.tensor([0.0, 0.7, 0.3]))  # row 1 (label 2) with row 2 (label 1)
@@ -141,7 +142,7 @@ def test_repeated_augmentation_concatenates_repetitions():
 
 
 def test_labelled_mixup_needs_enough_outputs():
-    with pytest.raises(ValueError, match="--nmb_prototypes / --out_dim"):
+    with pytest.raises(FlagError, match="--nmb_prototypes / --out_dim"):
         LabelledCollate(num_classes=3, mixup="extend")(_labelled_samples([1, 2], [0, 3]))
     with pytest.raises(ValueError, match="needs num_classes"):
         LabelledCollate(mixup="extend")
@@ -179,9 +180,9 @@ def test_unlabelled_mixing_pairs_and_lambdas(mode, pairs):
 
 
 def test_unlabelled_mixing_errors():
-    with pytest.raises(ValueError, match="even number of views"):
+    with pytest.raises(FlagError, match="even number of views"):
         UnlabelledCollate(mixup="all")(_multiview_samples(2, [8, 8, 4]))
-    with pytest.raises(ValueError, match="pairs must have one crop size"):
+    with pytest.raises(FlagError, match="pairs must have one crop size"):
         UnlabelledCollate(mixup="all")(_multiview_samples(2, [8, 8, 4, 2]))
     with pytest.raises(ValueError, match="unlabelled mixup mode"):
         UnlabelledCollate(mixup="locals")

@@ -11,6 +11,7 @@ from PIL import Image, ImageOps
 from src.data import transforms as TR
 from src.data.augmentations import RandomGaussianBlur, RandomSolarize
 from src.data.seeding import seeded_rngs
+from src.errors import FlagError
 
 IDENTITY = TR.Normalization((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 
@@ -35,7 +36,7 @@ def test_swav_multicrop_views_in_crop_order():
 
 
 def test_swav_multicrop_rejects_mismatched_groups():
-    with pytest.raises(ValueError, match="one value per crop group"):
+    with pytest.raises(FlagError, match="one value per crop group"):
         TR.swav_multicrop([224, 96], [2], [0.14, 0.05], [1.0, 0.14])
 
 
@@ -138,7 +139,7 @@ def test_labelled_recipes():
     assert standard.shape == light.shape == (3, 24, 24)
     assert isinstance(reps, list) and len(reps) == 2 and not torch.equal(reps[0], reps[1])
     assert len(simple) == 3 and all(v.shape == (3, 24, 24) for v in simple)
-    with pytest.raises(ValueError, match="unknown labelled augmentation"):
+    with pytest.raises(FlagError, match="unknown labelled augmentation"):
         TR.labelled_transform("heavy")
 
 

@@ -6,6 +6,7 @@ import torch
 
 from src import distributed
 from src.distributed import detect_ranks, init_distributed
+from src.errors import FlagError
 
 LAUNCH_VARS = ["RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"]
 
@@ -46,7 +47,7 @@ def test_old_launcher_local_rank_flag_is_used_when_the_environment_has_none(clea
 def test_cuda_requested_without_gpu_is_a_clear_error(clean_env):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    with pytest.raises(RuntimeError, match="--device cpu"):
+    with pytest.raises(FlagError, match="--device cuda was asked for but torch sees no CUDA device; use --device cpu"):
         init_distributed(device="cuda")
 
 

@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
+from src.errors import FlagError
 from src.models import (
     DINOHead,
     DINONetwork,
@@ -42,9 +43,9 @@ def test_registry_names_and_errors():
     for expected in ["resnet18", "resnet34", "resnet50", "resnet50w2", "resnet50w4", "resnet50w5",
                      "tv_resnet18", "tv_resnet34", "tv_resnet50", "vit_tiny", "vit_small", "vit_base"]:
         assert expected in names
-    with pytest.raises(ValueError, match=r"unknown --arch 'foo'; choose one of .*resnet50.*vit_small"):
+    with pytest.raises(FlagError, match=r"unknown --arch 'foo'; choose one of .*resnet50.*vit_small"):
         build_backbone("foo")
-    with pytest.raises(ValueError, match=r"--arch 'resnet50' does not take patch_size; it accepts small_stem"):
+    with pytest.raises(FlagError, match=r"--arch 'resnet50' does not take patch_size; it accepts small_stem"):
         build_backbone("resnet50", patch_size=16)
 
 
@@ -356,7 +357,7 @@ def test_projection_head_layouts():
     for linear_spec in ([0], [], 0):
         linear = SwAVNetwork(bb, linear_spec, feat_dim=16, nmb_prototypes=5)
         assert len(linear.projection_head) == 1 and linear.projection_head[0].in_features == 512
-    with pytest.raises(ValueError, match=r"--hidden_mlp \[2048, 0\]"):
+    with pytest.raises(FlagError, match=r"--hidden_mlp \[2048, 0\]"):
         SwAVNetwork(bb, [2048, 0], feat_dim=16, nmb_prototypes=5)
     with pytest.raises(ValueError, match="num_features"):
         SwAVNetwork(nn.Linear(3, 3), [8], feat_dim=4, nmb_prototypes=2)

@@ -5,6 +5,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from src.errors import FlagError
 from src.models import SwAVNetwork, available_backbones, build_backbone
 from src.models.small_cnn import SmallCNN
 
@@ -78,7 +79,7 @@ def test_grey_input_channels_and_swav_network_train_step():
 
 
 def test_errors_name_the_problem():
-    with pytest.raises(ValueError, match="does not take small_stem"):
+    with pytest.raises(FlagError, match="does not take small_stem"):
         build_backbone("cnn6", small_stem=True)
     with pytest.raises(ValueError, match="H, W >= 4"):
         build_backbone("cnn6")(torch.randn(2, 3, 3, 3))

@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+from src.errors import FlagError
 from src.optim import LARS, apply_schedules, cosine_schedule, param_groups
 
 
@@ -150,7 +151,7 @@ def test_cosine_schedule_equals_swav_release_construction(epochs, n_iter, warm, 
 def test_cosine_schedule_errors():
     with pytest.raises(ValueError, match="iterations per epoch > 0"):
         cosine_schedule(1.0, 0.0, 3, 0)
-    with pytest.raises(ValueError, match=r"warm-up epochs \(5\)"):
+    with pytest.raises(FlagError, match=r"warm-up epochs \(5\)"):
         cosine_schedule(1.0, 0.0, 3, 2, warmup_epochs=5)
 
 

@@ -17,8 +17,10 @@ import job_launcher
 import main_daino
 import main_suave
 from src.checkpoint import read_checkpoint
-from src.data import make_synthetic_own_layout, sources
-from tests.test_training import DAINO_TINY, REPO, SUAVE_TINY, run
+from src.data import ImageDataset, make_synthetic_own_layout, sources
+from src.data_setup import eval_transform
+from src.trained import load_trained
+from tests.test_training import DAINO_TINY, REPO, SUAVE_TINY, recompute_validation, run
 
 CLASSES = ["c0", "c1", "c2", "c3"]
 
@@ -79,7 +81,15 @@ def test_csv_and_list_with_a_class_missing_from_validation(own_data, tmp_path):
     assert "validation source has no image of class(es) c2, c3: they are not evaluated" in log
     assert "48 unlabelled, 16 labelled" in log and "4 val images" in log
     stats = pd.read_csv(os.path.join(out, "stats.csv"))
-    assert 0 <= stats["val_acc1"].iloc[0] <= 100
+    # validation counts exactly the 4 images of val.csv: equal to a recomputation from the checkpoint
+    trained = load_trained(os.path.join(out, "checkpoint.pth"))
+    class_to_idx = {name: index for index, name in enumerate(trained.classes)}
+    rows = (line.split(",") for line in val_csv.read_text().splitlines())
+    samples = [(path, class_to_idx[label]) for path, label in rows]
+    val = ImageDataset(samples, class_to_idx, eval_transform(trained.preprocessing))
+    acc1, loss = recompute_validation(trained, val, "student")
+    assert stats["val_acc1"].iloc[0] == pytest.approx(acc1, abs=1e-9) and len(samples) == 4
+    assert stats["val_loss"].iloc[0] == pytest.approx(loss, rel=1e-4)
     assert "train_pseudo_acc1" not in stats  # no unlabelled image has a known class
 
 

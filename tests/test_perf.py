@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from src.checkpoint import read_checkpoint
+from src.errors import FlagError
 from src.perf import FiniteCheck, configure_backends, maybe_compile, maybe_fuse
 from suave.args import get_args_parser
 
@@ -23,7 +24,7 @@ def test_defaults_keep_the_release_settings():
     opt = torch.optim.AdamW(net.parameters())
     assert maybe_fuse(opt, args, torch.device("cuda")) is opt
     configure_backends(args, torch.device("cpu"))  # a no-op off CUDA
-    with pytest.raises(ValueError, match="--nan_check_every"):
+    with pytest.raises(FlagError, match="--nan_check_every"):
         FiniteCheck(0)
 
 

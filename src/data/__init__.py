@@ -56,7 +56,7 @@ _EXPORTS = {
     "folders": ["check_same_classes", "class_index", "scan_image_folder"],
     "images": ["load_rgb"],
     "loaders": ["InfiniteLabelledLoader", "build_unlabelled_loader", "build_val_loader"],
-    "mixup": ["MixParams", "apply_mix", "mixed_targets", "one_hot", "sample_mix_params"],
+    "mixup": ["MixParams", "apply_mix", "one_hot", "sample_mix_params", "soft_mixed_labels"],
     "sources": ["FileLists", "OwnDataSpec", "build_file_lists", "cached_file_lists", "scan_images"],
     "subsets": ["IMAGENET_SUBSET_SHA256", "fetch_imagenet_subset", "labelled_samples", "read_subset_entries",
                 "resolve_subset_file"],

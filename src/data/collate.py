@@ -34,7 +34,9 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .mixup import MixParams, apply_mix, mixed_targets, one_hot, sample_mix_params
+from src.errors import FlagError
+
+from .mixup import MixParams, apply_mix, one_hot, sample_mix_params, soft_mixed_labels
 
 LABELLED_MIXUP_MODES = ("extend", "replace")
 UNLABELLED_MIXUP_MODES = ("globals", "all")
@@ -133,12 +135,12 @@ class LabelledCollate:
         if self.mixup is None:
             return LabelledBatch(images, labels, labels, len(labels))
         if int(labels.max()) >= self.num_classes:
-            raise ValueError(f"label {int(labels.max())} does not fit {self.num_classes} outputs: the number of "
-                             "prototypes (--nmb_prototypes / --out_dim) must be at least the number of classes")
+            raise FlagError(f"label {int(labels.max())} does not fit {self.num_classes} outputs: the number of "
+                            "prototypes (--nmb_prototypes / --out_dim) must be at least the number of classes")
         params = sample_mix_params(images.shape[-2], images.shape[-1], _rng_from_torch(), self.mixup_alpha,
                                    self.cutmix_alpha, self.prob, self.switch_prob)
         mixed = apply_mix(images, images, params)
-        soft = mixed_targets(labels, self.num_classes, params.lam, self.label_smoothing)
+        soft = soft_mixed_labels(labels, self.num_classes, params.lam, self.label_smoothing)
         if self.mixup == "extend":
             clean = one_hot(labels, self.num_classes, self.label_smoothing)
             return LabelledBatch(torch.cat([images, mixed]), torch.cat([clean, soft]), labels, len(labels))
@@ -166,8 +168,8 @@ class UnlabelledCollate:
         if self.mixup == "globals":
             return [(0, 1)]
         if n_views % 2:
-            raise ValueError(f"--mixup_unlab_type all mixes consecutive pairs of views and needs an even number of "
-                             f"views, got {n_views}")
+            raise FlagError(f"--mixup_unlab_type all mixes consecutive pairs of views and needs an even number of "
+                            f"views, got {n_views}")
         return [(a, a + 1) for a in range(0, n_views, 2)]
 
     def __call__(self, samples: Sequence[tuple]) -> UnlabelledBatch:
@@ -178,9 +180,9 @@ class UnlabelledCollate:
         rng = _rng_from_torch() if self.mixup else None
         for a, b in self.mixed_pairs(n_views):
             if views[a].shape != views[b].shape:
-                raise ValueError(f"cannot mix view {a} {tuple(views[a].shape[1:])} with view {b} "
-                                 f"{tuple(views[b].shape[1:])}: pairs must have one crop size "
-                                 "(use --mixup_unlab_type globals, or crop groups of even sizes)")
+                raise FlagError(f"cannot mix view {a} {tuple(views[a].shape[1:])} with view {b} "
+                                f"{tuple(views[b].shape[1:])}: pairs must have one crop size "
+                                "(use --mixup_unlab_type globals, or crop groups of even sizes)")
             params: MixParams = sample_mix_params(views[a].shape[-2], views[a].shape[-1], rng, self.mixup_alpha,
                                                   self.cutmix_alpha, self.prob, self.switch_prob)
             if not self.defer_mix:

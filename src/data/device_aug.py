@@ -29,6 +29,8 @@ import torch
 import torch.nn.functional as F
 from torchvision import transforms as T
 
+from src.errors import FlagError
+
 from .augmentations import RandomGaussianBlur, RandomSolarize
 from .mixup import apply_mix
 from .seeding import derive_seed
@@ -180,9 +182,9 @@ class ViewPhotometric:
             elif isinstance(op, T.Normalize):
                 mean, std = op.mean, op.std
             elif not isinstance(op, (T.RandomResizedCrop, T.RandomHorizontalFlip, T.ToTensor)):
-                raise ValueError(f"--gpu_aug has no device version of {op!r}; run with --gpu_aug false")
+                raise FlagError(f"--gpu_aug has no device version of {op!r}; run with --gpu_aug false")
         if mean is None:
-            raise ValueError("--gpu_aug: the view recipe has no Normalize")
+            raise FlagError("--gpu_aug: the view recipe has no Normalize")
         return cls(ops, mean, std)
 
     def __call__(self, views: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

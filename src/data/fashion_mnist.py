@@ -43,8 +43,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from src.atomic_io import write_text_atomic
+
 from .errors import DataError
-from .fileio import write_bytes_atomic, write_lines_atomic
 from .make_subset import select_balanced, subset_lines
 
 CLASS_NAMES = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankleboot")
@@ -210,11 +211,12 @@ def convert_fashion_mnist(out: str | os.PathLike, source: str | os.PathLike | No
         subsets = {}
         for percent in SUBSET_PERCENTS if layout == "imagefolder" else ():
             lines = subset_lines(chosen[percent], fmt="imagenet")
-            write_lines_atomic(data / "subsets" / f"{percent}percent.txt", lines)
+            write_text_atomic(data / "subsets" / f"{percent}percent.txt", "".join(f"{line}\n" for line in lines),
+                              parents=True)
             subsets[f"{percent}percent.txt"] = len(lines)
         record = {"source": str(src), "seed": seed, "layout": layout, "classes": list(CLASS_NAMES), "subsets": subsets,
                   **{split: len(labels) for split, (_, labels) in splits.items()}}
-        write_bytes_atomic(data / MARKER, json.dumps(record, indent=1).encode())
+        write_text_atomic(data / MARKER, json.dumps(record, indent=1), parents=True)
         if out.exists():
             out.rmdir()  # empty, checked above
         try:

@@ -31,6 +31,8 @@ import torchvision.transforms.functional as F
 from PIL import Image
 from torchvision import transforms as T
 
+from src.errors import FlagError
+
 from .augmentations import RandomGaussianBlur, RandomSolarize
 from .transforms import MultiViewTransform, RepeatedTransform
 
@@ -156,7 +158,7 @@ def _fast_op(op: Callable, levers: Sequence[str], hue_table: HueTable) -> Callab
         return None
     if isinstance(op, T.Normalize):
         return ToNormalizedTensor(op.mean, op.std)
-    raise ValueError(f"--fast_aug has no fast version of {op!r}; run this recipe with --fast_aug false")
+    raise FlagError(f"--fast_aug has no fast version of {op!r}; run this recipe with --fast_aug false")
 
 
 def accelerate_view(view: T.Compose, device_photometric: bool = False, levers: Sequence[str] = LEVERS,
@@ -200,4 +202,4 @@ def accelerate(transform: Callable, device_photometric: bool = False, levers: Se
                                  transform.n_rep)
     if isinstance(transform, T.Compose):
         return accelerate_view(transform, device_photometric, levers, hue_table)
-    raise ValueError(f"--fast_aug cannot rewrite {transform!r}")
+    raise FlagError(f"--fast_aug cannot rewrite {transform!r}")

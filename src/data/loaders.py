@@ -12,6 +12,8 @@ from typing import Any, Callable
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from src.errors import FlagError
+
 from .collate import LabelledCollate, UnlabelledCollate
 from .samplers import InfiniteLabelledBatches, SeededDistributedSampler, ShardSampler
 from .seeding import STREAM_LABELLED, STREAM_UNLABELLED, SeededCollate, SeededDataset, derive_seed, worker_init_fn
@@ -39,8 +41,8 @@ def build_unlabelled_loader(dataset: Dataset, batch_size: int, rank: int = 0, wo
     sampler = SeededDistributedSampler(dataset, num_replicas=world_size, rank=rank, seed=seed,
                                        stream=STREAM_UNLABELLED)
     if drop_last and len(sampler) < batch_size:
-        raise ValueError(f"the unlabelled set has {len(dataset)} images, {len(sampler)} per rank on {world_size} "
-                         f"rank(s): fewer than one batch of {batch_size}; lower the batch size")
+        raise FlagError(f"the unlabelled set has {len(dataset)} images, {len(sampler)} per rank on {world_size} "
+                        f"rank(s): fewer than one batch of {batch_size}; lower the batch size")
     if persistent_workers is None:
         persistent_workers = workers > 0
     return DataLoader(SeededDataset(dataset), batch_size=batch_size, sampler=sampler, drop_last=drop_last,

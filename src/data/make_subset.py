@@ -25,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
+from src.atomic_io import write_text_atomic
+
 from .errors import DataError
 from .folders import class_index, scan_image_folder
 from .sources import read_class_folders, read_labelled_csv
-from .fileio import write_lines_atomic
 
 
 def select_balanced(files_by_class: dict[str, list[str]], *, percent: float | None = None,
@@ -92,7 +93,7 @@ def make_subset_from_source(lab_dir: str | None = None, lab_csv: str | None = No
 
 
 def write_subset(lines: list[str], out: str | os.PathLike) -> Path:
-    return write_lines_atomic(out, lines)
+    return write_text_atomic(out, "".join(f"{line}\n" for line in lines), parents=True)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -78,7 +78,8 @@ def one_hot(labels: torch.Tensor, num_classes: int, smoothing: float = 0.0) -> t
     return out.scatter_(1, labels.long().view(-1, 1), 1.0 - smoothing + off)
 
 
-def mixed_targets(labels: torch.Tensor, num_classes: int, lam: float, smoothing: float = 0.0) -> torch.Tensor:
-    """``lam * one_hot(labels) + (1 - lam) * one_hot(labels.flip(0))``: the targets of ``apply_mix(x, x)``."""
+def soft_mixed_labels(labels: torch.Tensor, num_classes: int, lam: float, smoothing: float = 0.0) -> torch.Tensor:
+    """``lam * one_hot(labels) + (1 - lam) * one_hot(labels.flip(0))``: the soft labels of the labelled rows
+    mixed by ``apply_mix(x, x)`` (not the objective's ``mixed_targets``, the unlabelled rows' mixed assignments)."""
     y = one_hot(labels, num_classes, smoothing)
     return y * lam + y.flip(0) * (1.0 - lam)

@@ -17,6 +17,8 @@ from typing import Iterator
 
 from torch.utils.data import DistributedSampler, Sampler
 
+from src.errors import FlagError
+
 from .seeding import STREAM_LABELLED, STREAM_UNLABELLED, derive_seed
 
 
@@ -65,13 +67,13 @@ class InfiniteLabelledBatches(Sampler):
         self.rank, self.world_size, self.seed = rank, world_size, seed
         self.batches_per_pass = batches_per_pass(num_samples, batch_size, world_size)
         if self.batches_per_pass == 0:
-            raise ValueError(f"the labelled set has {num_samples} images, {-(-num_samples // world_size)} per rank "
-                             f"on {world_size} rank(s): fewer than one labelled batch of {batch_size}; lower the "
-                             "labelled batch size (--lab_batch_size / --lab_batch_size_per_gpu) or label more images")
+            raise FlagError(f"the labelled set has {num_samples} images, {-(-num_samples // world_size)} per rank "
+                            f"on {world_size} rank(s): fewer than one labelled batch of {batch_size}; lower the "
+                            "labelled batch size (--lab_batch_size / --lab_batch_size_per_gpu) or label more images")
         if not 0 <= start_offset < self.batches_per_pass or start_pass < 0:
-            raise ValueError(f"labelled position (pass {start_pass}, offset {start_offset}) is out of range: a pass "
-                             f"has {self.batches_per_pass} batches (was the checkpoint made with another labelled "
-                             "set, batch size or number of processes?)")
+            raise FlagError(f"labelled position (pass {start_pass}, offset {start_offset}) is out of range: a pass "
+                            f"has {self.batches_per_pass} batches (was the checkpoint made with another labelled "
+                            "set, batch size or number of processes?)")
         self.start_pass, self.start_offset = start_pass, start_offset
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:

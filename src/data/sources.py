@@ -25,8 +25,9 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+from src.atomic_io import write_text_atomic
+
 from .errors import DataError
-from .fileio import write_bytes_atomic
 from .folders import is_image_file, list_class_folders
 
 CACHE_VERSION = 1
@@ -257,6 +258,6 @@ def cached_file_lists(spec: OwnDataSpec, cache_dir: str | None, rescan: bool = F
         except (OSError, ValueError, KeyError, TypeError) as err:
             log.warning("data: file list cache %s is unreadable (%s): scanning again", path, err)
     lists = scan(spec)
-    write_bytes_atomic(path, json.dumps(lists.to_json(), separators=(",", ":")).encode("utf-8"))
+    write_text_atomic(path, json.dumps(lists.to_json(), separators=(",", ":")), parents=True)
     log.info("data: scanned the sources and cached the file lists in %s", path)
     return lists

@@ -20,8 +20,9 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from src.atomic_io import write_bytes_atomic
+
 from .errors import DataError
-from .fileio import write_bytes_atomic
 
 SUBSET_URL = "https://raw.githubusercontent.com/google-research/simclr/master/imagenet_subsets/{percent}percent.txt"
 IMAGENET_SUBSET_SHA256 = {
@@ -142,7 +143,7 @@ def fetch_imagenet_subset(percent: int, cache_dir: str | os.PathLike | None = No
         raise DataError(f"the file downloaded from {url} has sha256 {digest}, expected "
                         f"{IMAGENET_SUBSET_SHA256[percent]}; it was not saved. Download it by hand to "
                         f"DATA/subsets/{percent}percent.txt, or pass --subset_file PATH")
-    write_bytes_atomic(target, data)
+    write_bytes_atomic(target, data, parents=True)
     return target
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .fileio import write_lines_atomic
+from src.atomic_io import write_text_atomic
 
 
 @dataclass(frozen=True)
@@ -56,8 +56,9 @@ def make_synthetic_imagefolder(root: str | os.PathLike, num_classes: int = 4, tr
             folder.mkdir(parents=True, exist_ok=True)
             for i in range(count):
                 Image.fromarray(synthetic_image(c, num_classes, size, rng)).save(folder / f"{name}_{i}.png")
-    subset = write_lines_atomic(root / "subsets" / "labelled.txt",
-                                [f"{name}_{i}.png" for name in classes for i in range(subset_per_class)])
+    subset = write_text_atomic(root / "subsets" / "labelled.txt",
+                               "".join(f"{name}_{i}.png\n" for name in classes for i in range(subset_per_class)),
+                               parents=True)
     return SyntheticPaths(root, root / "train", root / "val", subset, classes)
 
 
@@ -92,6 +93,6 @@ def make_synthetic_own_layout(root: str | os.PathLike, num_classes: int = 4, lab
                 rel = f"val/{name}/{name}_{i}.png"
             (root / rel).parent.mkdir(parents=True, exist_ok=True)
             Image.fromarray(synthetic_image(c, num_classes, size, rng)).save(root / rel)
-    write_lines_atomic(root / "lab.csv", csv_lines)
-    write_lines_atomic(root / "unlab.txt", unlab_lines)
+    write_text_atomic(root / "lab.csv", "".join(f"{line}\n" for line in csv_lines))
+    write_text_atomic(root / "unlab.txt", "".join(f"{line}\n" for line in unlab_lines))
     return OwnLayoutPaths(root / "lab", root / "unlab", root / "val", root / "lab.csv", root / "unlab.txt", classes)

@@ -19,6 +19,8 @@ import torch
 from PIL import Image
 from torchvision import transforms as T
 
+from src.errors import FlagError
+
 from .augmentations import RandomGaussianBlur, RandomSolarize, colour_distortion, simple_resized_crop
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -82,13 +84,13 @@ def swav_multicrop(size_crops: Sequence[int], nmb_crops: Sequence[int], min_scal
     Gaussian blur (p=0.5, radius U(0.1, 2.0)); ToTensor, Normalize."""
     lengths = {len(size_crops), len(nmb_crops), len(min_scale_crops), len(max_scale_crops)}
     if len(lengths) != 1:
-        raise ValueError("--size_crops, --nmb_crops, --min_scale_crops and --max_scale_crops need one value per "
-                         f"crop group; got {list(size_crops)}, {list(nmb_crops)}, {list(min_scale_crops)}, "
-                         f"{list(max_scale_crops)}")
+        raise FlagError("--size_crops, --nmb_crops, --min_scale_crops and --max_scale_crops need one value per "
+                        f"crop group; got {list(size_crops)}, {list(nmb_crops)}, {list(min_scale_crops)}, "
+                        f"{list(max_scale_crops)}")
     views, sizes = [], []
     for size, n, lo, hi in zip(size_crops, nmb_crops, min_scale_crops, max_scale_crops):
         if not 0 < lo <= hi <= 1:
-            raise ValueError(f"crop scale range ({lo}, {hi}) must satisfy 0 < min <= max <= 1")
+            raise FlagError(f"crop scale range ({lo}, {hi}) must satisfy 0 < min <= max <= 1")
         ops = [T.RandomResizedCrop(size, scale=(lo, hi)), T.RandomHorizontalFlip(p=0.5)]
         if color_jitter:
             ops += [colour_distortion(1.0), RandomGaussianBlur(0.5, *blur_radius)]
@@ -157,7 +159,7 @@ def labelled_transform(kind: str = "standard", size: int = 224, normalization: N
         j = augment3_jitter
         return RepeatedTransform(T.Compose([crop, T.RandomHorizontalFlip(), one_of_three,
                                             T.ColorJitter(j, j, j), norm]), n_rep)
-    raise ValueError(f"unknown labelled augmentation {kind!r}; expected one of {LABELLED_KINDS}")
+    raise FlagError(f"unknown labelled augmentation {kind!r}; expected one of {LABELLED_KINDS}")
 
 
 def val_transform(resize: int | None = 256, crop: int | None = 224,

@@ -15,6 +15,8 @@ from typing import Callable
 
 import torch.nn as nn
 
+from src.errors import FlagError
+
 from . import resnet, small_cnn, vit
 from .heads import DINOHead, build_projection_head, normalize_hidden_mlp
 from .networks import (
@@ -62,15 +64,15 @@ def build_backbone(name: str, **kwargs) -> nn.Module:
     """A freshly initialised bare backbone for `--arch name`.
 
     ResNets accept small_stem, zero_init_residual; ViTs accept patch_size, drop_path_rate,
-    img_size, drop_rate, attn_drop_rate, qk_scale. Anything else is a ValueError naming the
-    accepted arguments; an unknown name is a ValueError listing the valid names.
+    img_size, drop_rate, attn_drop_rate, qk_scale. Anything else is a FlagError (a ValueError) naming the
+    accepted arguments; an unknown name is a FlagError listing the valid names.
     """
     if name not in _BACKBONES:
-        raise ValueError(f"unknown --arch {name!r}; choose one of {', '.join(available_backbones())}")
+        raise FlagError(f"unknown --arch {name!r}; choose one of {', '.join(available_backbones())}")
     builder, accepted = _BACKBONES[name]
     unexpected = sorted(set(kwargs) - set(accepted))
     if unexpected:
-        raise ValueError(
+        raise FlagError(
             f"--arch {name!r} does not take {', '.join(unexpected)}; it accepts {', '.join(accepted)}"
         )
     return builder(**kwargs)

@@ -20,6 +20,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
+from src.errors import FlagError
+
 from .init import dino_linear_init
 
 
@@ -35,7 +37,7 @@ def normalize_hidden_mlp(hidden_mlp: int | Sequence[int] | None) -> list[int]:
     if widths == [0]:
         return []
     if any(h <= 0 for h in widths):
-        raise ValueError(
+        raise FlagError(
             f"--hidden_mlp {widths}: hidden widths must all be positive, or a single 0 for a linear projection"
         )
     return widths

@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from src.errors import FlagError
+
 from .heads import DINOHead, build_projection_head, normalize_hidden_mlp
 
 Crops = Union[torch.Tensor, Sequence[torch.Tensor]]
@@ -130,9 +132,9 @@ class SwAVNetwork(nn.Module):
     ) -> None:
         super().__init__()
         if not isinstance(nmb_prototypes, int) or nmb_prototypes < 0:
-            raise ValueError(f"--nmb_prototypes must be a non-negative int, got {nmb_prototypes!r}")
+            raise FlagError(f"--nmb_prototypes must be a non-negative int, got {nmb_prototypes!r}")
         if feat_dim < 0:
-            raise ValueError(f"--feat_dim must be >= 0 (0: no projection head), got {feat_dim}")
+            raise FlagError(f"--feat_dim must be >= 0 (0: no projection head), got {feat_dim}")
         num_features = getattr(backbone, "num_features", None)
         if not isinstance(num_features, int):
             raise ValueError("the backbone needs an int attribute `num_features` (build it with build_backbone)")
@@ -155,7 +157,7 @@ class SwAVNetwork(nn.Module):
 
         n_cls = nmb_prototypes if num_classes is None else num_classes
         if (multihead_eval or ensemble_eval) and n_cls <= 0:
-            raise ValueError("--multihead_eval / --ensemble_eval need num_classes > 0 (or nmb_prototypes > 0)")
+            raise FlagError("--multihead_eval / --ensemble_eval need num_classes > 0 (or nmb_prototypes > 0)")
         self.cls_heads = nn.ModuleList(nn.Linear(d, n_cls) for d in stage_dims) if multihead_eval else nn.ModuleList()
         if not multihead_eval:
             self.probe_names = []
