@@ -12,6 +12,7 @@ import json
 import os
 import uuid
 from collections.abc import Callable, Iterator
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import IO, Any, Union
 
@@ -65,6 +66,30 @@ def atomic_path(path: PathLike, *, parents: bool = False, mode: int | None = Non
             os.remove(temporary)
         raise
     _fsync_path(str(directory), directory=True)
+
+
+def remove_orphaned_temporaries(path: PathLike) -> list[Path]:
+    """Delete the temporary files of :func:`atomic_path` writes of ``path`` whose writer process is gone (a job
+    killed mid-write, e.g. Slurm's SIGKILL after ``scancel``); returns them. Writers still alive are left alone."""
+    target = Path(os.path.abspath(os.fspath(path)))
+    removed = []
+    for candidate in target.parent.glob(f".{glob_escape(target.name)}.*.tmp"):
+        pid = candidate.name[len(target.name) + 2:].split(".")[0]
+        if pid.isdigit() and not _process_alive(int(pid)):
+            with contextlib.suppress(OSError):
+                candidate.unlink()
+                removed.append(candidate)
+    return removed
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 @contextlib.contextmanager

@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from src.atomic_io import atomic_open
+from src.atomic_io import atomic_open, remove_orphaned_temporaries
 from src.errors import MissingPathError, UserError
 
 logger = logging.getLogger(__name__)
@@ -217,13 +217,16 @@ def save_checkpoint_atomic(state: dict, path: PathLike) -> None:
     ``state`` must be plain data that reloads with ``weights_only=True``: tensors, numbers, strings, lists,
     tuples, dicts (an ``argparse.Namespace`` is stored as its ``vars()`` dict). Anything else raises
     TypeError naming the entry, before anything is written. A crash mid-write leaves any previous ``path``
-    intact and no temporary file behind. Call it on the main process only.
+    intact and no temporary file behind; a kill (SIGKILL) may leave one, which the next save removes. Call it
+    on the main process only.
     """
     if not isinstance(state, Mapping):
         raise TypeError(f"checkpoint state must be a dict, got {type(state).__name__}")
     plain = _to_plain(state, "state")
     with atomic_open(path) as handle:
         torch.save(plain, handle)
+    for orphan in remove_orphaned_temporaries(path):
+        logger.warning("removed %s, the temporary file of a checkpoint write that was killed", orphan)
 
 
 def copy_snapshot(path: PathLike, snapshot_path: PathLike) -> None:

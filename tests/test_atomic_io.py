@@ -1,10 +1,14 @@
 """src.atomic_io: the one atomic-write recipe (checkpoints, data lists, stats tables, launch records)."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
-from src.atomic_io import atomic_open, atomic_path, write_json_atomic, write_text_atomic
+from src.atomic_io import (atomic_open, atomic_path, remove_orphaned_temporaries, write_json_atomic,
+                           write_text_atomic)
+from src.checkpoint import read_checkpoint, save_checkpoint_atomic
 
 
 def test_write_replaces_the_file_with_usual_permissions(tmp_path):
@@ -70,3 +74,28 @@ def test_stats_table_rewrites_its_csv_atomically(tmp_path, monkeypatch):
     assert (tmp_path / "stats.csv").read_text() == before
     assert sorted(os.listdir(tmp_path)) == ["stats.csv", "stats.jsonl"]
     assert StatsTable(str(tmp_path)).frame["loss"].tolist() == [2.0, 1.5]
+
+
+def test_orphaned_temporaries_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
+    target = tmp_path / "checkpoint.pth"
+    target.write_bytes(b"good")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    orphan = tmp_path / f".checkpoint.pth.{dead.pid}.0123abcd.tmp"
+    live = tmp_path / f".checkpoint.pth.{os.getpid()}.4567ef01.tmp"
+    other = tmp_path / f".stats.csv.{dead.pid}.89abcdef.tmp"
+    for path in (orphan, live, other):
+        path.write_bytes(b"half")
+    assert remove_orphaned_temporaries(target) == [orphan]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([target.name, live.name, other.name])
+    assert target.read_bytes() == b"good"
+
+
+def test_a_checkpoint_save_removes_the_orphan_of_a_killed_save(tmp_path):
+    target = tmp_path / "checkpoint.pth"
+    killed = subprocess.Popen([sys.executable, "-c", "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+    killed.wait()
+    orphan = tmp_path / f".checkpoint.pth.{killed.pid}.0123abcd.tmp"
+    orphan.write_bytes(b"half a checkpoint")
+    save_checkpoint_atomic({"epoch": 3}, target)
+    assert not orphan.exists() and read_checkpoint(target)["epoch"] == 3
