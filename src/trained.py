@@ -23,8 +23,9 @@ from src.errors import UserError
 
 # method name -> (module with the method class and data_config, method class, module with get_args_parser)
 METHODS = {"suave": ("suave.method", "SuaveMethod", "suave.args"),
-           "daino": ("daino.method", "DainoMethod", "daino.args")}
-ENTRY_POINTS = {"suave": "main_suave.py", "daino": "main_daino.py"}
+           "daino": ("daino.method", "DainoMethod", "daino.args"),
+           "fixmatch": ("fixmatch.method", "FixMatchMethod", "fixmatch.args")}  # the yardstick (docs/fixmatch.md)
+ENTRY_POINTS = {"suave": "main_suave.py", "daino": "main_daino.py", "fixmatch": "main_fixmatch.py"}
 # flags that would read other files when the method is rebuilt: the weights come from the checkpoint instead
 _INIT_FLAGS = {"swav_init_ckpt": None, "dino_init_ckpt": None, "require_init_ckpt": False}
 
