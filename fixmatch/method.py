@@ -91,8 +91,8 @@ class FixMatchMethod(Method):
         if args.train_mode == "selfsup":
             raise UserError("FixMatch needs labels (its pseudo-labels come from a classifier): "
                             "use --train_mode semisup or supervised")
-        if not 0 < args.threshold <= 1:
-            raise UserError(f"--threshold {args.threshold} must lie in (0, 1] (the paper's 0.95)")
+        if not 0 <= args.threshold <= 1:
+            raise UserError(f"--threshold {args.threshold} must lie in [0, 1] (the paper's 0.95)")
         if args.mu < 1:
             raise UserError(f"--mu {args.mu} must be >= 1 (unlabelled images per labelled image)")
         self.student = build_classifier(args, num_classes).to(device)

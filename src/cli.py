@@ -30,7 +30,8 @@ def run_main(get_parser: Callable[[], argparse.ArgumentParser], main: Callable[[
     return 0
 
 
-def train_or_evaluate(args: argparse.Namespace, method_name: str, data_config: Callable, method_class: Callable) -> dict:
+def train_or_evaluate(args: argparse.Namespace, method_name: str, data_config: Callable,
+                      method_class: Callable) -> dict:
     """An entry point's ``main``: evaluate the checkpoint of ``--evaluate``, or train with the shared engine."""
     if args.evaluate:
         from src.evaluate import evaluate_checkpoint

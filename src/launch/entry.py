@@ -18,7 +18,7 @@ from src.launch.errors import LaunchError
 from src.launch.script_file import Flag, flatten, is_flag
 
 ENTRY_MODULES = {"suave": "main_suave", "daino": "main_daino", "eval_semisup": "eval_semisup",
-                 "eval_linear": "eval_linear"}
+                 "eval_linear": "eval_linear", "fixmatch": "main_fixmatch"}
 
 
 def entry_script_path(entry_root: str, method: str) -> str:

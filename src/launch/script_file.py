@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from src.launch.errors import LaunchError
 
-ENTRY_SCRIPTS = ("main_suave.py", "main_daino.py", "eval_semisup.py", "eval_linear.py")
+ENTRY_SCRIPTS = ("main_suave.py", "main_daino.py", "main_fixmatch.py", "eval_semisup.py", "eval_linear.py")
 
 # Flags whose values are file or folder paths: made absolute when they name something that exists here
 # (or are written ./x, ../x, ~/x), so a run started from another folder or on a compute node finds them.
