@@ -14,7 +14,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_data_args(parser)
     add_run_args(parser)
     add_fix_args(parser, "fixmatch")  # only --all_fixes applies: validation under autocast (--amp_eval), as Suave
-    parser.set_defaults(seed=31)
+    parser.set_defaults(seed=31, temperature=1.0)  # the classifier's logits are the scores (src.trained reads it)
 
     g = parser.add_argument_group("fixmatch")
     g.add_argument("--threshold", type=float, default=0.95,

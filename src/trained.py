@@ -84,8 +84,8 @@ class TrainedModel:
 
     @property
     def main_network(self) -> str:
-        """The network the method validates with: Daino's teacher, Suave's student."""
-        return "teacher" if self.method_name == "daino" else "student"
+        """The network the method validates with: Daino's teacher, FixMatch's EMA model, Suave's student."""
+        return "teacher" if self.method_name in ("daino", "fixmatch") and "teacher" in self.networks else "student"
 
     def eval_precision(self) -> Any:
         """The precision validation runs in for this run's flags (fp32 unless --amp_eval), so that predictions

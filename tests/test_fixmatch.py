@@ -188,6 +188,10 @@ def test_tiny_run_learns_separable_classes(tmp_path):
     assert stats["val_student_acc1"].max() >= 90
     assert stats["train_mask_rate"].iloc[-1] > 0  # confident pseudo-labels: the unlabelled term is at work
     assert stats["train_lab_loss"].iloc[-1] < stats["train_lab_loss"].iloc[0]
+    evaluate = ["--evaluate", os.path.join(out, "checkpoint.pth"), "--workers", "0"]  # rebuilt from the file alone
+    assert run_main(main_fixmatch.get_args_parser, main_fixmatch.main, "FixMatch", evaluate) == 0
+    evaluated = json.load(open(os.path.join(out, "eval.json")))
+    assert (evaluated["val_acc1"], evaluated["val_student_acc1"]) == (results["val_acc1"], results["val_student_acc1"])
 
 
 SHARED_WITH_SUAVE = ("--data_path", "--labels_perc", "--arch", "--lab_crop_size", "--val_resize", "--val_crop", "--mean",
