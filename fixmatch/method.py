@@ -10,8 +10,9 @@ on weights only; validation reports the EMA of the weights (``main``) and the ra
 
 Adaptations to the Fashion-MNIST CPU budget (28-px grey images, 30 minutes on 2 cores; docs/fixmatch.md):
 - ``mu`` 1 instead of 7 in the recipe: with Suave's labelled batch of 128 (kept, so the labelled stream is
-  Suave's), mu 7 would put 2 x 896 unlabelled images through the network each step; mu 1 costs about what a
-  Suave step costs. The paper's B 64 / mu 7 stay the flags' defaults.
+  Suave's), mu 7 would put 2 x 896 unlabelled images through the network each step; mu 1 (384 images of
+  28 px a step) already counts about 1.6 times the pixels of a Suave step (128 + 3 x 32 at 28 px + 2 x 32 at
+  14 px). The paper's B 64 / mu 7 stay the flags' defaults.
 - K (the cosine's length) is the budget's few thousand steps, not 2^20; the paper's lr, momentum, weight decay
   and threshold are kept, and EMA 0.999 (a 1000-step horizon) still fits thousands of steps.
 - views of 28 px (translation 12.5 % = 4 px); RandAugment is torchvision's (its 14 ops work on grey images
@@ -39,6 +40,7 @@ from src.metrics import accuracy
 from src.models import build_backbone, forward_by_resolution
 from src.objective import labelled_targets
 from src.optim import param_groups
+
 
 def data_config(args: argparse.Namespace) -> DataConfig:
     """FixMatch's data: the shared labelled stream and validation, [weak, strong] views of the unlabelled images,
@@ -93,6 +95,9 @@ class FixMatchMethod(Method):
                             "use --train_mode semisup or supervised")
         if not 0 <= args.threshold <= 1:
             raise UserError(f"--threshold {args.threshold} must lie in [0, 1] (the paper's 0.95)")
+        if args.mixup_unlab:
+            raise UserError("FixMatch has no unlabelled mixup (its strong view is the perturbation): "
+                            "drop --mixup_unlab true")
         if args.mu < 1:
             raise UserError(f"--mu {args.mu} must be >= 1 (unlabelled images per labelled image)")
         self.student = build_classifier(args, num_classes).to(device)

@@ -22,6 +22,7 @@ from src.cli import run_main
 from src.data import LabelledBatch, Normalization, UnlabelledBatch, weak_strong_views
 from src.data.augmentations import Cutout, RandomMagnitudeRandAugment
 from src.data.synthetic import make_synthetic_imagefolder
+from src.errors import UserError
 from src.method import Schedules
 from tests.test_training import FIXMATCH_TINY
 
@@ -61,6 +62,14 @@ def tiny_method(**overrides) -> FixMatchMethod:
     method = FixMatchMethod(args, num_classes=3, device=torch.device("cpu"))
     method.forward_student = method.student
     return method
+
+
+@pytest.mark.parametrize("flag,value,message", [("threshold", 1.5, "--threshold 1.5"), ("mu", 0, "--mu 0"),
+                                                ("train_mode", "selfsup", "needs labels"),
+                                                ("mixup_unlab", True, "--mixup_unlab")])
+def test_bad_flags_are_one_line_errors_naming_them(flag, value, message):
+    with pytest.raises(UserError, match=message):
+        tiny_method(**{flag: value})
 
 
 def tiny_batches(seed: int = 0) -> tuple[LabelledBatch, UnlabelledBatch]:
