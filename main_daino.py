@@ -12,17 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from src.cli import run_main
+from src.cli import run_main, train_or_evaluate
 from daino.args import get_args_parser
 from daino.method import DainoMethod, data_config
 
 
 def main(args: argparse.Namespace) -> dict:
-    if args.evaluate:
-        from src.evaluate import evaluate_checkpoint
-        return evaluate_checkpoint(args, "daino")
-    from src.engine import run_training
-    return run_training(args, data_config, DainoMethod)
+    return train_or_evaluate(args, "daino", data_config, DainoMethod)
 
 
 if __name__ == "__main__":

@@ -12,17 +12,13 @@ from __future__ import annotations
 import argparse
 import sys
 
-from src.cli import run_main
+from src.cli import run_main, train_or_evaluate
 from suave.args import get_args_parser
 from suave.method import SuaveMethod, data_config
 
 
 def main(args: argparse.Namespace) -> dict:
-    if args.evaluate:
-        from src.evaluate import evaluate_checkpoint
-        return evaluate_checkpoint(args, "suave")
-    from src.engine import run_training
-    return run_training(args, data_config, SuaveMethod)
+    return train_or_evaluate(args, "suave", data_config, SuaveMethod)
 
 
 if __name__ == "__main__":

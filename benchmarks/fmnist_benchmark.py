@@ -49,6 +49,7 @@ RECIPES = {
     "supervised": ["suave/scripts/fmnist_supervised_1perc.sh"],
     "suave": ["suave/scripts/fmnist_1perc.sh"],
     "daino": ["daino/scripts/fmnist_1perc.sh"],
+    "fixmatch": ["fixmatch/scripts/fmnist_1perc.sh"],  # the yardstick (docs/fixmatch.md)
     "swav+suave": ["suave/scripts/fmnist_swav_pretrain.sh", "suave/scripts/fmnist_swav_suave_1perc.sh"],
 }
 
@@ -120,6 +121,8 @@ def steady_step_seconds(run_dir: Path) -> float:
 
 
 def full_epoch_iters(flags: list[str], entry: str, train_images: int = 60000) -> int:
+    if entry == "main_fixmatch.py":  # mu x B unlabelled images a step
+        return train_images // (int(flag_value(flags, "--mu", "7")) * int(flag_value(flags, "--lab_batch_size", "64")))
     batch = flag_value(flags, "--batch_size" if entry == "main_suave.py" else "--batch_size_per_gpu", "64")
     return train_images // int(batch)
 

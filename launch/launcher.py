@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from daino.args import get_args_parser as daino_parser
+from fixmatch.args import get_args_parser as fixmatch_parser
 from launch import LaunchError, records, slurm
 from launch.script_file import (Flag, absolutize_paths, flatten, group_flags, merge_flags, read_script_file,
                                 validate_flags)
@@ -23,7 +24,8 @@ CODE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # --method: the entry module it runs (main_suave.py ...) and that entry point's parser.
 ENTRIES: dict[str, tuple[str, Callable[[], argparse.ArgumentParser]]] = {
     "suave": ("main_suave", suave_parser), "daino": ("main_daino", daino_parser),
-    "eval_semisup": ("eval_semisup", semisup_args_parser), "eval_linear": ("eval_linear", linear_args_parser)}
+    "eval_semisup": ("eval_semisup", semisup_args_parser), "eval_linear": ("eval_linear", linear_args_parser),
+    "fixmatch": ("main_fixmatch", fixmatch_parser)}
 # What the launcher itself sets (from --data_dir and the experiment directory): never from a recipe or override.
 LAUNCHER_FLAGS = {"--data_path": "--data_dir", "--output_dir": "--experiment_dir/--name"}
 # Launcher options a --resume may change: resources only, never what defines the experiment.

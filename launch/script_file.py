@@ -11,7 +11,7 @@ from typing import Callable, NamedTuple
 
 from launch import LaunchError, StrictParser
 
-ENTRY_SCRIPTS = ("main_suave.py", "main_daino.py", "eval_semisup.py", "eval_linear.py")
+ENTRY_SCRIPTS = ("main_suave.py", "main_daino.py", "main_fixmatch.py", "eval_semisup.py", "eval_linear.py")
 PATH_FLAG = re.compile(r"(_path|_dir|_ckpt|_file|_weights|^pretrained)$")
 
 
@@ -63,7 +63,7 @@ def read_script_file(path: str) -> ScriptFile:
                 raise LaunchError(f"cannot read line {number} of {path}: {exc}") from exc
     tokens = tokens[1:] if tokens and os.path.basename(tokens[0]).startswith("python") else tokens
     if not tokens or os.path.basename(tokens[0]) not in ENTRY_SCRIPTS:
-        raise LaunchError(f"the first word of {path} must be main_suave.py or main_daino.py "
+        raise LaunchError(f"the first word of {path} must be one of {', '.join(ENTRY_SCRIPTS)} "
                           f"(found {tokens[0] if tokens else 'nothing'!r})")
     return ScriptFile(path, os.path.basename(tokens[0]), tuple(group_flags(tokens[1:], path)))
 

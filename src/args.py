@@ -87,6 +87,14 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
                    help="(new) validation batch size per process (default: the unlabelled batch size)")
 
 
+def add_backbone_args(group: argparse._ArgumentGroup, default_arch: str) -> None:
+    """``--arch`` and ``--small_stem`` (Suave's and FixMatch's backbone flags)."""
+    group.add_argument("--arch", default=default_arch, type=str,
+                       help="backbone (see src.models.available_backbones())")
+    group.add_argument("--small_stem", type=bool_flag, default=False,
+                       help="(new) 3x3 stride-1 stem without max-pool for 28-64 px images (ResNets)")
+
+
 def add_run_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("run")
     g.add_argument("--output_dir", type=str, default=".",

@@ -1,6 +1,7 @@
-"""Command-line front door shared by main_suave.py and main_daino.py: parse, run, and turn the errors a
-user can fix (``src.errors.UserError`` and its subclasses: flags, paths, data, checkpoints) into one clear
-line and a non-zero exit code. Any other exception (a ValueError from a shape bug, say) keeps its traceback."""
+"""Command-line front door shared by main_suave.py, main_daino.py and main_fixmatch.py: parse, run (train, or
+evaluate with --evaluate), and turn the errors a user can fix (``src.errors.UserError`` and its subclasses:
+flags, paths, data, checkpoints) into one clear line and a non-zero exit code. Any other exception (a
+ValueError from a shape bug, say) keeps its traceback."""
 from __future__ import annotations
 
 import argparse
@@ -27,3 +28,13 @@ def run_main(get_parser: Callable[[], argparse.ArgumentParser], main: Callable[[
               file=sys.stderr)
         return 130
     return 0
+
+
+def train_or_evaluate(args: argparse.Namespace, method_name: str, data_config: Callable,
+                      method_class: Callable) -> dict:
+    """An entry point's ``main``: evaluate the checkpoint of ``--evaluate``, or train with the shared engine."""
+    if args.evaluate:
+        from src.evaluate import evaluate_checkpoint
+        return evaluate_checkpoint(args, method_name)
+    from src.engine import run_training
+    return run_training(args, data_config, method_class)

@@ -88,7 +88,7 @@ def evaluate_checkpoint(cli_args: argparse.Namespace, method_name: str) -> dict[
             report_path = os.path.join(output_dir, EVAL_NAME)
             with open(report_path, "w") as handle:
                 json.dump(results, handle, indent=2)
-            print(format_table(stats, "teacher" if method_name == "daino" else "prototypes"))
+            print(format_table(stats, {"daino": "teacher", "fixmatch": "ema"}.get(method_name, "prototypes")))
             print(f"wrote {report_path}")
         return results
     finally:

@@ -23,8 +23,9 @@ from src.train_step import Precision, validation_precision
 
 # method name -> (module with the method class and data_config, method class, module with get_args_parser)
 METHODS = {"suave": ("suave.method", "SuaveMethod", "suave.args"),
-           "daino": ("daino.method", "DainoMethod", "daino.args")}
-ENTRY_POINTS = {"suave": "main_suave.py", "daino": "main_daino.py"}
+           "daino": ("daino.method", "DainoMethod", "daino.args"),
+           "fixmatch": ("fixmatch.method", "FixMatchMethod", "fixmatch.args")}  # the yardstick (docs/fixmatch.md)
+ENTRY_POINTS = {"suave": "main_suave.py", "daino": "main_daino.py", "fixmatch": "main_fixmatch.py"}
 # flags that would read other files when the method is rebuilt: the weights come from the checkpoint instead
 _INIT_FLAGS = {"swav_init_ckpt": None, "dino_init_ckpt": None, "require_init_ckpt": False}
 
@@ -83,8 +84,8 @@ class TrainedModel:
 
     @property
     def main_network(self) -> str:
-        """The network the method validates with: Daino's teacher, Suave's student."""
-        return "teacher" if self.method_name == "daino" else "student"
+        """The network the method validates with: Daino's teacher, FixMatch's EMA model, Suave's student."""
+        return "teacher" if self.method_name in ("daino", "fixmatch") and "teacher" in self.networks else "student"
 
     def eval_precision(self) -> Precision:
         """The precision validation runs in for this run's flags (fp32 unless --amp_eval), so that predictions

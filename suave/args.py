@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from src.args import add_data_args, add_run_args, bool_flag
+from src.args import add_backbone_args, add_data_args, add_run_args, bool_flag
 from src.release_fixes import add_fix_args
 
 
@@ -37,9 +37,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--label_smoothing", type=float, default=0.01, help="label smoothing of the labelled term")
 
     g = parser.add_argument_group("model")
-    g.add_argument("--arch", default="resnet50", type=str, help="backbone (see src.models.available_backbones())")
-    g.add_argument("--small_stem", type=bool_flag, default=False,
-                   help="(new) 3x3 stride-1 stem without max-pool for 28-64 px images (ResNets)")
+    add_backbone_args(g, "resnet50")
     g.add_argument("--hidden_mlp", default=[2048], type=int, nargs="+", help="hidden sizes of the projection head")
     g.add_argument("--multihead_eval", type=bool_flag, default=False,
                    help="online linear probes on each projection stage (detached)")

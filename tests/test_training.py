@@ -1,4 +1,4 @@
-"""End-to-end CPU runs of main_suave.py and main_daino.py on a tiny generated ImageFolder."""
+"""End-to-end CPU runs of main_suave.py, main_daino.py (and main_fixmatch.py) on a tiny generated ImageFolder."""
 from __future__ import annotations
 
 import json
@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset
 
 import main_daino
+import main_fixmatch
 import main_suave
 from src.checkpoint import read_checkpoint
 from src.cli import run_main
@@ -34,6 +35,10 @@ DAINO_TINY = ["--arch", "vit_tiny", "--patch_size", "8", "--global_crop_size", "
               "--warmup_epochs", "0", "--num_workers", "0", "--use_fp16", "false", "--lab_crop_size", "32",
               "--val_resize", "32", "--val_crop", "32", "--log_freq", "4", "--warmup_teacher_temp_epochs", "1",
               "--norm_last_layer", "false"]
+FIXMATCH_TINY = ["--arch", "cnn6", "--crop_size", "32", "--lab_batch_size", "4", "--mu", "2", "--workers", "0",
+                 "--use_fp16", "false", "--lab_crop_size", "32", "--val_resize", "32", "--val_crop", "32",
+                 "--log_freq", "4", "--ema_decay", "0.9"]
+METHODS = [(main_suave, SUAVE_TINY), (main_daino, DAINO_TINY), (main_fixmatch, FIXMATCH_TINY)]
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +58,7 @@ def run(module, argv: list[str]) -> int:
     return run_main(module.get_args_parser, module.main, prog, argv)
 
 
-@pytest.mark.parametrize("module,tiny", [(main_suave, SUAVE_TINY), (main_daino, DAINO_TINY)], ids=["suave", "daino"])
+@pytest.mark.parametrize("module,tiny", METHODS, ids=["suave", "daino", "fixmatch"])
 def test_two_epochs_write_checkpoint_stats_and_log(module, tiny, tiny_data, tmp_path):
     out = str(tmp_path / "exp")
     assert run(module, common(tiny_data, out, 2) + tiny) == 0
@@ -94,7 +99,7 @@ def recompute_validation(trained: TrainedModel, dataset: Dataset, network: str) 
     return acc1, torch.nn.functional.cross_entropy(scores, labels).item()
 
 
-@pytest.mark.parametrize("module,tiny", [(main_suave, SUAVE_TINY), (main_daino, DAINO_TINY)], ids=["suave", "daino"])
+@pytest.mark.parametrize("module,tiny", METHODS, ids=["suave", "daino", "fixmatch"])
 def test_resume_equals_uninterrupted(module, tiny, tiny_data, tmp_path):
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
     assert run(module, common(tiny_data, straight, 2) + tiny) == 0
@@ -103,8 +108,9 @@ def test_resume_equals_uninterrupted(module, tiny, tiny_data, tmp_path):
     assert run(module, common(tiny_data, resumed, 2) + tiny) == 0
     a = read_checkpoint(os.path.join(straight, "checkpoint.pth"))
     b = read_checkpoint(os.path.join(resumed, "checkpoint.pth"))
-    for key, tensor in a["student"].items():
-        torch.testing.assert_close(b["student"][key], tensor, rtol=1e-6, atol=1e-6, msg=key)
+    for network in ("student", "teacher") if "teacher" in a else ("student",):  # teacher: an EMA copy
+        for key, tensor in a[network].items():
+            torch.testing.assert_close(b[network][key], tensor, rtol=1e-6, atol=1e-6, msg=f"{network}.{key}")
     stats = pd.read_csv(os.path.join(resumed, "stats.csv"))
     assert list(stats["epoch"]) == [0, 1]
 

@@ -62,7 +62,8 @@ _EXPORTS = {
                 "resolve_subset_file"],
     "synthetic": ["OwnLayoutPaths", "SyntheticPaths", "make_synthetic_imagefolder", "make_synthetic_own_layout"],
     "transforms": ["DINO_NORMALIZATION", "DINO_STD", "IMAGENET_MEAN", "SWAV_NORMALIZATION", "SWAV_STD",
-                   "Normalization", "dino_multicrop", "labelled_transform", "swav_multicrop", "val_transform"],
+                   "Normalization", "dino_multicrop", "labelled_transform", "swav_multicrop", "val_transform",
+                   "weak_strong_views"],
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_MODULE_OF)

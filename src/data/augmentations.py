@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import random
 
-from PIL import Image, ImageFilter, ImageOps
+import torch
+from PIL import Image, ImageDraw, ImageFilter, ImageOps
 from torchvision import transforms as T
 
 
@@ -54,3 +55,38 @@ def colour_distortion(strength: float = 1.0) -> T.Compose:
     s = strength
     return T.Compose([T.RandomApply([T.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s)], p=0.8),
                       T.RandomGrayscale(p=0.2)])
+
+
+class RandomMagnitudeRandAugment(T.RandAugment):
+    """torchvision's RandAugment (``num_ops`` ops drawn uniformly from its 14, each signed at random) with the
+    magnitude bin drawn uniformly per image instead of fixed: the "RandAugment with random magnitude" of FixMatch
+    (Sohn et al., NeurIPS 2020, Sec. 2.3). Its draws use torch's generator, which the loaders seed per sample."""
+
+    def forward(self, img: Image.Image) -> Image.Image:
+        self.magnitude = int(torch.randint(self.num_magnitude_bins, (1,)))
+        return super().forward(img)
+
+
+class Cutout:
+    """Grey out a square of side U(0, ``max_fraction``) x image width centred on a uniformly drawn pixel, clipped
+    at the border (DeVries & Taylor 2017; FixMatch's last strong op, side up to 0.5 of the width, grey fill)."""
+
+    def __init__(self, max_fraction: float = 0.5, fill: int = 127) -> None:
+        if not 0 <= max_fraction <= 1:
+            raise ValueError(f"Cutout side fraction must lie in [0, 1], got {max_fraction}")
+        self.max_fraction, self.fill = max_fraction, fill
+
+    def __call__(self, img: Image.Image) -> Image.Image:
+        width, height = img.size
+        side = random.uniform(0, self.max_fraction) * width
+        cx, cy = random.uniform(0, width), random.uniform(0, height)
+        x0, y0 = max(0, round(cx - side / 2)), max(0, round(cy - side / 2))
+        x1, y1 = min(width, round(cx + side / 2)), min(height, round(cy + side / 2))
+        if x1 <= x0 or y1 <= y0:
+            return img
+        img = img.copy()
+        ImageDraw.Draw(img).rectangle((x0, y0, x1 - 1, y1 - 1), fill=(self.fill,) * len(img.getbands()))
+        return img
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(max_fraction={self.max_fraction}, fill={self.fill})"

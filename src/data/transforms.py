@@ -8,6 +8,7 @@ in crop order, the global (large) crops first.
 - ``labelled_transform``: the release's labelled recipes, ``standard`` / ``light`` (--light_augment_lab)
   / ``augment3`` (--augment3_lab, DeiT III 3-Augment, ``n_rep`` views per image).
   In the release ``--light_augment_lab`` wins when both flags are set.
+- ``weak_strong_views``: FixMatch's weak and strong view of each unlabelled image (the yardstick, fixmatch/).
 - ``val_transform``: Resize + CenterCrop.
 """
 from __future__ import annotations
@@ -21,7 +22,8 @@ from torchvision import transforms as T
 
 from src.errors import FlagError
 
-from .augmentations import RandomGaussianBlur, RandomSolarize, colour_distortion, simple_resized_crop
+from .augmentations import (Cutout, RandomGaussianBlur, RandomMagnitudeRandAugment, RandomSolarize, colour_distortion,
+                            simple_resized_crop)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 SWAV_STD = (0.228, 0.224, 0.225)  # SwAV's and the release's labelled/val std (both methods)
@@ -160,6 +162,25 @@ def labelled_transform(kind: str = "standard", size: int = 224, normalization: N
         return RepeatedTransform(T.Compose([crop, T.RandomHorizontalFlip(), one_of_three,
                                             T.ColorJitter(j, j, j), norm]), n_rep)
     raise FlagError(f"unknown labelled augmentation {kind!r}; expected one of {LABELLED_KINDS}")
+
+
+def weak_strong_views(size: int, normalization: Normalization = SWAV_NORMALIZATION, translate: float = 0.125,
+                      randaugment_ops: int = 2, cutout: float = 0.5) -> MultiViewTransform:
+    """FixMatch's two views of an unlabelled image (Sohn et al., NeurIPS 2020, Sec. 2.3), ``[weak, strong]``:
+
+    - weak: flip p=0.5, then a random ``size`` crop after reflect-padding ``round(translate * size)`` pixels
+      (the paper's translation by up to 12.5 %);
+    - strong: the same flip and translation, then ``randaugment_ops`` RandAugment ops with a random magnitude
+      (``RandomMagnitudeRandAugment``), then ``Cutout`` (side up to ``cutout`` x width, grey).
+    Images larger than ``size`` are cropped, not resized (the paper's 32-px images; 28 px for Fashion-MNIST).
+    """
+    pad = round(translate * size)
+    geometric = [T.RandomHorizontalFlip(p=0.5), T.RandomCrop(size, padding=pad, padding_mode="reflect",
+                                                             pad_if_needed=True)]
+    weak = T.Compose(geometric + [normalization.transform()])
+    strong = T.Compose(geometric + [RandomMagnitudeRandAugment(num_ops=randaugment_ops), Cutout(cutout),
+                                    normalization.transform()])
+    return MultiViewTransform([weak, strong], [size, size])
 
 
 def val_transform(resize: int | None = 256, crop: int | None = 224,

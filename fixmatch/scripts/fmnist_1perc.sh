@@ -1,0 +1,34 @@
+main_fixmatch.py \
+--data_path data/fashion-mnist \
+--labels_perc 1 \
+--arch cnn6w2 \
+--crop_size 28 \
+--translate 0.125 \
+--randaugment_ops 2 \
+--cutout 0.5 \
+--lab_crop_size 28 \
+--val_resize 0 \
+--val_crop 0 \
+--mean 0.286 0.286 0.286 \
+--std 0.353 0.353 0.353 \
+--lab_batch_size 128 \
+--mu 1 \
+--val_batch_size 1000 \
+--epochs 16 \
+--max_iters_per_epoch 468 \
+--threshold 0.95 \
+--lambda_u 1.0 \
+--lr 0.03 \
+--momentum 0.9 \
+--nesterov true \
+--wd 5e-4 \
+--ema_decay 0.999 \
+--use_fp16 false \
+--use_bf16 true \
+--channels_last true \
+--workers 1 \
+--time_budget_min 30 \
+--eval_every_min 2.5 \
+--log_freq 100 \
+--checkpoint_freq 0 \
+--all_fixes true
