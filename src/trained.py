@@ -165,7 +165,9 @@ class ClassScores(nn.Module):
         self.temperature = temperature
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.network([images]).scores / self.temperature
+        # fp32 before the division: under bf16 autocast, scores / 0.1 rounded to bf16 can tie two classes that
+        # validation's arg-max (on the raw scores) tells apart, and predictions would then differ from --evaluate
+        return self.network([images]).scores.float() / self.temperature
 
 
 def classifier(trained: TrainedModel, network_name: str | None = None) -> ClassScores:
