@@ -18,8 +18,9 @@ import argparse
 import os
 import sys
 
-from launch import LaunchError, StrictParser
-from launch.launcher import CODE_ROOT, ENTRIES, execute, plan_new, plan_resume
+from launch.launcher import CODE_ROOT, ENTRIES, execute, plan
+from launch.script_file import StrictParser
+from src.errors import UserError
 
 
 def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
@@ -83,13 +84,9 @@ def main(argv: list[str] | None = None, entry_root: str | None = None) -> int:
     own, overrides = split_overrides(argv)
     try:
         options = vars(build_parser().parse_args(own))
-        if options["resume"]:
-            explicit = set(vars(build_parser(suppress_defaults=True).parse_args(own)))
-            plan = plan_resume(options, explicit, overrides, entry_root, argv)
-        else:
-            plan = plan_new(options, overrides, entry_root, argv)
-        return execute(plan)
-    except LaunchError as exc:
+        explicit = set(vars(build_parser(suppress_defaults=True).parse_args(own)))  # the options given
+        return execute(plan(options, explicit, overrides, entry_root, argv))
+    except UserError as exc:
         print(f"job_launcher.py: error: {exc}", file=sys.stderr)
         return 2
 
