@@ -127,9 +127,9 @@ def _new(opts: dict[str, Any], overrides: list[str], entry_root: str, argv: list
     flags = [flag for flag in script.flags if flag.name not in LAUNCHER_FLAGS]
     if opts["num_gpus"] == 0:
         flags = merge_flags(flags, [Flag(("--device", "cpu"), "job_launcher.py (--num_gpus 0)")])
-    flags = absolutize_paths(merge_flags(flags, override_flags), os.getcwd()) + [
-        Flag(("--data_path", opts["data_dir"]), "job_launcher.py"), Flag(("--output_dir", experiment_dir),
-                                                                         "job_launcher.py")]
+    flags = absolutize_paths(merge_flags(flags, override_flags), os.getcwd())
+    flags += [Flag(("--data_path", opts["data_dir"]), "job_launcher.py"),
+              Flag(("--output_dir", experiment_dir), "job_launcher.py")]
     record = {"method": method, "experiment_dir": experiment_dir, "script_file": script.path,
               "launcher": {k: opts[k] for k in RECORDED_OPTIONS}, "overrides": list(overrides),
               "train_flags": flatten(flags), "launcher_argv": argv}

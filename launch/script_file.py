@@ -73,7 +73,7 @@ def read_script_file(path: str) -> ScriptFile:
     tokens = tokens[1:] if tokens and os.path.basename(tokens[0]).startswith("python") else tokens
     if not tokens or os.path.basename(tokens[0]) not in ENTRY_SCRIPTS:
         raise UserError(f"the first word of {path} must be one of {', '.join(ENTRY_SCRIPTS)} "
-                          f"(found {tokens[0] if tokens else 'nothing'!r})")
+                        f"(found {tokens[0] if tokens else 'nothing'!r})")
     return ScriptFile(path, os.path.basename(tokens[0]), tuple(group_flags(tokens[1:], path)))
 
 
@@ -120,7 +120,7 @@ def validate_flags(get_parser: Callable[[], argparse.ArgumentParser], flags: lis
     named = [token.split("=", 1)[0] for token in unknown if is_flag(token)]
     if named:
         raise UserError(f"unknown flag {named[0]} in {source_of(named[0])}: {entry} has no such flag "
-                          f"(see python {entry} --help)")
+                        f"(see python {entry} --help)")
     if unknown:
         owner = next((flag for flag in flags if unknown[0] in flag.tokens[1:]), None)
         detail = f" after {owner.name} in {owner.source}" if owner else ""

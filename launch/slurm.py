@@ -53,8 +53,7 @@ def prepare_job(opts: dict[str, Any], job_root: str, python_path: list[str], dry
 
 
 def sbatch_preview(folder: str, params: dict[str, Any]) -> str:
-    """For --dry_run, the script submitit will submit: submitit renders one only while submitting, so its lines are
-    written here (sbatch's names; a test holds them equal to those of a real submission)."""
+    """For --dry_run, the script submitit would submit (it renders one only while submitting; a test compares)."""
     skip = {"setup", "signal_delay_s"}
     logs = f"--output {folder}/%j_%t_log.out --error {folder}/%j_%t_log.err"
     command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(folder)}"
@@ -88,33 +87,32 @@ def _check_partition_fits(params: dict[str, Any], mem_gb: float) -> None:
     Slurm would keep it pending forever (reason PartitionConfig) without a word. Skipped when sinfo cannot answer."""
     partition, nodes, tasks_per_node, cpus_per_task, minutes = (
         params[key] for key in ("partition", "nodes", "ntasks_per_node", "cpus_per_task", "time"))
-    gpus_per_node, sizes, limit = params.get("gpus_per_node", 0), {}, None
-    for fields in (line.split("|") for line in sinfo("-N", "-p", partition, "-o", "%N|%c|%m|%G|%l")):
-        if len(fields) != 5 or not fields[1].rstrip("+").isdigit() or not fields[2].rstrip("+").isdigit():
-            return  # not the answer of a Slurm sinfo: nothing to check against
-        gpus = [g.split("(")[0].rsplit(":", 1)[-1] for g in fields[3].split(",") if g.startswith("gpu:")]  # gpu:a100:4
-        sizes[fields[0]] = (int(fields[1].rstrip("+")), int(fields[2].rstrip("+")) / 1024,
-                            sum(int(g) for g in gpus if g.isdigit()))
-        limit = _limit_minutes(fields[4])
+    gpus_per_node, cpus = params.get("gpus_per_node", 0), tasks_per_node * cpus_per_task
+    rows = [line.split("|") for line in sinfo("-N", "-p", partition, "-o", "%N|%c|%m|%G|%l")]
+    if any(len(row) != 5 or not all(field.rstrip("+").isdigit() for field in row[1:3]) for row in rows):
+        return  # not the answer of a Slurm sinfo: nothing to check against
+    sizes = {row[0]: (int(row[1].rstrip("+")), int(row[2].rstrip("+")) / 1024, sum(  # GRES: gpu:a100:4(S:0-1),...
+        int(n) for n in (g.split("(")[0].rsplit(":", 1)[-1] for g in row[3].split(",") if g.startswith("gpu:"))
+        if n.isdigit())) for row in rows}
     if not sizes:
         known = sorted({line.rstrip("*") for line in sinfo("-o", "%P")})
         if known:  # (none: sinfo could not answer)
             raise UserError(f"partition {partition!r} not found: this cluster has {', '.join(known)} "
-                              f"(give --partition NAME)")
+                            f"(give --partition NAME)")
         return
+    limit = _limit_minutes(rows[-1][4])
     if limit is not None and minutes > limit:
         raise UserError(f"partition {partition} allows jobs of {limit:g} minutes at most, this one asks for "
-                          f"{minutes} (--hours): lower --hours (requeues continue a longer run) or choose another "
-                          f"--partition")
-    cpus = tasks_per_node * cpus_per_task
+                        f"{minutes} (--hours): lower --hours (requeues continue a longer run) or choose another "
+                        f"--partition")
     fitting = [n for n in sizes.values() if n[0] >= cpus and n[1] >= mem_gb and n[2] >= gpus_per_node]
     if len(fitting) < nodes:
         most = [max(size[i] for size in sizes.values()) for i in range(3)]
         raise UserError(f"partition {partition} cannot run this job: it needs {nodes} node(s) with {tasks_per_node} "
-                          f"task(s) x {cpus_per_task} CPU(s) = {cpus} CPUs, {mem_gb:g} GB and {gpus_per_node} GPU(s) "
-                          f"each, but {len(fitting)} of its {len(sizes)} node(s) have that (its nodes have at most "
-                          f"{most[0]} CPUs, {most[1]:.1f} GB, {most[2]} GPUs); lower --cpus_per_task/--mem_gb/"
-                          f"--tasks_per_node/--num_gpus or choose another --partition")
+                        f"task(s) x {cpus_per_task} CPU(s) = {cpus} CPUs, {mem_gb:g} GB and {gpus_per_node} GPU(s) "
+                        f"each, but {len(fitting)} of its {len(sizes)} node(s) have that (its nodes have at most "
+                        f"{most[0]} CPUs, {most[1]:.1f} GB, {most[2]} GPUs); lower --cpus_per_task/--mem_gb/"
+                        f"--tasks_per_node/--num_gpus or choose another --partition")
 
 
 def check_job_inputs(args: dict[str, Any]) -> None:
@@ -126,7 +124,7 @@ def check_job_inputs(args: dict[str, Any]) -> None:
     for split in ("train", "val") if "data_path" in args else ():
         if not os.path.isdir(os.path.join(args["data_path"], split)):
             raise UserError(f"{args['data_path']} has no {split}/ folder: --data_dir must hold train/<class>/ and "
-                              f"val/<class>/ (the job would fail at start)")
+                            f"val/<class>/ (the job would fail at start)")
     try:
         for flag in [flag for flag in ("swav_init_ckpt", "dino_init_ckpt") if args.get(flag)]:
             read_checkpoint(args[flag], f"--{flag}")
@@ -144,8 +142,8 @@ def check_job_inputs(args: dict[str, Any]) -> None:
         login = False
     if args.get("wandb") is True and args.get("wandb_mode", "online") == "online" and not login:
         raise UserError("--wandb true in online mode, but no wandb credentials here (no WANDB_API_KEY, no netrc "
-                          "entry): run `wandb login` first, or add -- --wandb_mode offline (sync later with "
-                          "`wandb sync`)")
+                        "entry): run `wandb login` first, or add -- --wandb_mode offline (sync later with "
+                        "`wandb sync`)")
 
 
 @dataclass
