@@ -18,7 +18,7 @@ import argparse
 import os
 import sys
 
-from launch.launcher import CODE_ROOT, ENTRIES, execute, plan
+from launch.launcher import CODE_ROOT, ENTRIES, RESUME_ADJUSTABLE, execute, plan
 from launch.script_file import StrictParser
 from src.errors import UserError
 
@@ -61,8 +61,7 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     add("--dry_run", default=False, action="store_true", help="write and print everything, start nothing")
     add("--resume", type=str, metavar="EXPERIMENT_DIR",
         help="start an existing experiment again (it resumes from its checkpoint.pth); only resources "
-             "(--hours, --partition, --account, --qos, --constraint, --cpus_per_task, --mem_gb, --master_port) "
-             "may change")
+             f"({', '.join('--' + name for name in RESUME_ADJUSTABLE)}) may change")
     return parser
 
 

@@ -30,9 +30,8 @@ ENTRIES: dict[str, tuple[str, Callable[[], argparse.ArgumentParser]]] = {
     "fixmatch": ("main_fixmatch", fixmatch_parser)}
 # What the launcher itself sets (from --data_dir and the experiment directory): never from a recipe or override.
 LAUNCHER_FLAGS = {"--data_path": "--data_dir", "--output_dir": "--experiment_dir/--name"}
-# Launcher options a --resume may change: resources only, never what defines the experiment.
-RESUME_ADJUSTABLE = {"resume", "dry_run", "hours", "partition", "account", "qos", "constraint", "cpus_per_task",
-                     "mem_gb", "master_port"}
+# Launcher options a --resume may change (with --dry_run): resources only, never what defines the experiment.
+RESUME_ADJUSTABLE = ("hours", "partition", "account", "qos", "constraint", "cpus_per_task", "mem_gb", "master_port")
 RECORDED_OPTIONS = ("name", "mode", "method", "num_gpus", "num_nodes", "tasks_per_node", "hours", "data_dir",
                     "base_experiment_dir", "partition", "account", "qos", "constraint", "cpus_per_task", "mem_gb",
                     "master_port")
@@ -143,7 +142,7 @@ def _resumed(opts: dict[str, Any], explicit: set[str], overrides: list[str]) -> 
     if not os.path.isfile(path):
         raise UserError(f"--resume {experiment_dir}: not an experiment directory of job_launcher.py "
                         f"(no {records.ARGS_FILE})")
-    fixed = sorted(explicit - RESUME_ADJUSTABLE)
+    fixed = sorted(explicit - {"resume", "dry_run", *RESUME_ADJUSTABLE})
     if fixed or overrides:
         what = f"--{fixed[0]} cannot change with it (see {path})" if fixed else "flags after -- cannot change it"
         raise UserError(f"--resume continues the recorded experiment: {what}; start a new experiment instead")
