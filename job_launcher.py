@@ -18,8 +18,9 @@ import argparse
 import os
 import sys
 
-from launch import LaunchError, StrictParser
-from launch.launcher import CODE_ROOT, ENTRIES, execute, plan_new, plan_resume
+from launch.launcher import CODE_ROOT, ENTRIES, RESUME_ADJUSTABLE, execute, plan
+from launch.script_file import StrictParser
+from src.errors import UserError
 
 
 def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
@@ -60,8 +61,7 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     add("--dry_run", default=False, action="store_true", help="write and print everything, start nothing")
     add("--resume", type=str, metavar="EXPERIMENT_DIR",
         help="start an existing experiment again (it resumes from its checkpoint.pth); only resources "
-             "(--hours, --partition, --account, --qos, --constraint, --cpus_per_task, --mem_gb, --master_port) "
-             "may change")
+             f"({', '.join('--' + name for name in RESUME_ADJUSTABLE)}) may change")
     return parser
 
 
@@ -83,13 +83,9 @@ def main(argv: list[str] | None = None, entry_root: str | None = None) -> int:
     own, overrides = split_overrides(argv)
     try:
         options = vars(build_parser().parse_args(own))
-        if options["resume"]:
-            explicit = set(vars(build_parser(suppress_defaults=True).parse_args(own)))
-            plan = plan_resume(options, explicit, overrides, entry_root, argv)
-        else:
-            plan = plan_new(options, overrides, entry_root, argv)
-        return execute(plan)
-    except LaunchError as exc:
+        explicit = set(vars(build_parser(suppress_defaults=True).parse_args(own)))  # the options given
+        return execute(plan(options, explicit, overrides, entry_root, argv))
+    except UserError as exc:
         print(f"job_launcher.py: error: {exc}", file=sys.stderr)
         return 2
 

@@ -6,10 +6,8 @@ import contextlib
 import datetime
 import importlib.metadata
 import io
-import json
 import os
 import platform
-import shlex
 import shutil
 import subprocess
 import sys
@@ -17,12 +15,13 @@ import tarfile
 import uuid
 from typing import Any, Iterator
 
-from launch import LaunchError
+from src.errors import UserError
 
 ARGS_FILE, ENV_FILE, COMMAND_FILE, LAUNCHES_FILE = "args.json", "env.json", "command.sh", "launches.jsonl"
 
 
 def now() -> datetime.datetime:
+    """The local time, with its zone."""
     return datetime.datetime.now().astimezone()
 
 
@@ -34,7 +33,7 @@ def staged_directory(final: str) -> Iterator[str]:
     try:
         os.makedirs(parent, exist_ok=True)
     except OSError as exc:
-        raise LaunchError(f"cannot create {parent}: {exc.strerror} (check --base_experiment_dir)") from exc
+        raise UserError(f"cannot create {parent}: {exc.strerror} (check --base_experiment_dir)") from exc
     staging = os.path.join(parent, f".{os.path.basename(final)}.{uuid.uuid4().hex[:8]}.partial")
     os.mkdir(staging)  # the usual permissions (umask), unlike mkdtemp's 0700
     try:
@@ -43,18 +42,6 @@ def staged_directory(final: str) -> Iterator[str]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-
-
-def append_launch(experiment_dir: str, entry: dict[str, Any]) -> None:
-    with open(os.path.join(experiment_dir, LAUNCHES_FILE), "a", encoding="utf-8") as handle:
-        handle.write(json.dumps({"time": now().isoformat(), **entry}, default=str) + "\n")
-
-
-def render_command_sh(program: list[str], flag_lines: list[list[str]], cwd: str, comments: list[str]) -> str:
-    """A bash script that runs ``program + flags`` from ``cwd``: one flag per line, every word shell-quoted."""
-    lines = [" ".join(map(shlex.quote, program))] + ["    " + " ".join(map(shlex.quote, f)) for f in flag_lines]
-    header = ["#!/usr/bin/env bash", *(f"# {c}" for c in comments), "set -euo pipefail", f"cd {shlex.quote(cwd)}"]
-    return "\n".join(header) + "\nexec " + " \\\n".join(lines) + "\n"
 
 
 def git(repo_root: str, *args: str) -> str | None:
@@ -74,8 +61,8 @@ def snapshot_code(repo_root: str, destination: str) -> None:
     archive = subprocess.run(["git", "archive", "--format=tar", revision], cwd=repo_root, capture_output=True,
                              timeout=60, check=False)
     if archive.returncode != 0:
-        raise LaunchError(f"cannot snapshot the code of {repo_root}: git archive failed "
-                          f"({archive.stderr.decode().strip()[:300]})")
+        raise UserError(f"cannot snapshot the code of {repo_root}: git archive failed "
+                        f"({archive.stderr.decode().strip()[:300]})")
     os.makedirs(destination)
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:  # the "tar" filter refuses links out of the folder
         tar.extractall(destination, **({"filter": "tar"} if hasattr(tarfile, "tar_filter") else {}))

@@ -7,12 +7,19 @@ import argparse
 import os
 import re
 import shlex
-from typing import Callable, NamedTuple
+from typing import Callable, NamedTuple, NoReturn
 
-from launch import LaunchError, StrictParser
+from src.errors import UserError
 
 ENTRY_SCRIPTS = ("main_suave.py", "main_daino.py", "main_fixmatch.py", "eval_semisup.py", "eval_linear.py")
 PATH_FLAG = re.compile(r"(_path|_dir|_ckpt|_file|_weights|^pretrained)$")
+
+
+class StrictParser(argparse.ArgumentParser):
+    """An argparse parser whose errors are a UserError (no usage dump, no exit)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(message)
 
 
 class Flag(NamedTuple):
@@ -31,6 +38,8 @@ class Flag(NamedTuple):
 
 
 class ScriptFile(NamedTuple):
+    """A recipe: its absolute path, its entry script (``main_suave.py``...) and its flags."""
+
     path: str
     entry: str
     flags: tuple[Flag, ...]
@@ -44,7 +53,7 @@ def is_flag(token: str) -> bool:
 def group_flags(tokens: list[str], source: str) -> list[Flag]:
     """Split a token list into flags with their values; a value before any flag is an error."""
     if tokens and not is_flag(tokens[0]):
-        raise LaunchError(f"unexpected value {tokens[0]!r} before any flag in {source} (flags look like --name value)")
+        raise UserError(f"unexpected value {tokens[0]!r} before any flag in {source} (flags look like --name value)")
     starts = [i for i, token in enumerate(tokens) if is_flag(token)] + [len(tokens)]
     return [Flag(tuple(tokens[a:b]), source) for a, b in zip(starts, starts[1:])]
 
@@ -53,18 +62,18 @@ def read_script_file(path: str) -> ScriptFile:
     """Parse a recipe; errors name the file and what is wrong with it."""
     path = os.path.abspath(os.path.expanduser(path))
     if not os.path.isfile(path):
-        raise LaunchError(f"script file not found: {path} (give --script_file, e.g. suave/scripts/train_10perc.sh)")
+        raise UserError(f"script file not found: {path} (give --script_file, e.g. suave/scripts/train_10perc.sh)")
     tokens: list[str] = []
     with open(path, encoding="utf-8") as handle:
         for number, line in enumerate(handle, start=1):
             try:
                 tokens += shlex.split(line.strip().removesuffix("\\"), comments=True)
             except ValueError as exc:  # an unclosed quote
-                raise LaunchError(f"cannot read line {number} of {path}: {exc}") from exc
+                raise UserError(f"cannot read line {number} of {path}: {exc}") from exc
     tokens = tokens[1:] if tokens and os.path.basename(tokens[0]).startswith("python") else tokens
     if not tokens or os.path.basename(tokens[0]) not in ENTRY_SCRIPTS:
-        raise LaunchError(f"the first word of {path} must be one of {', '.join(ENTRY_SCRIPTS)} "
-                          f"(found {tokens[0] if tokens else 'nothing'!r})")
+        raise UserError(f"the first word of {path} must be one of {', '.join(ENTRY_SCRIPTS)} "
+                        f"(found {tokens[0] if tokens else 'nothing'!r})")
     return ScriptFile(path, os.path.basename(tokens[0]), tuple(group_flags(tokens[1:], path)))
 
 
@@ -72,15 +81,13 @@ def merge_flags(base: list[Flag], overrides: list[Flag]) -> list[Flag]:
     """Each override replaces the first flag of the same name (later duplicates go) or is appended."""
     merged = list(base)
     for new in overrides:
-        where = [i for i, flag in enumerate(merged) if flag.name == new.name]
-        if where:
-            merged = [new if i == where[0] else flag for i, flag in enumerate(merged) if i not in where[1:]]
-        else:
-            merged.append(new)
+        first = next((i for i, flag in enumerate(merged) if flag.name == new.name), len(merged))
+        merged = merged[:first] + [new] + [flag for flag in merged[first + 1:] if flag.name != new.name]
     return merged
 
 
 def flatten(flags: list[Flag]) -> list[str]:
+    """The flags' tokens, as one command line."""
     return [token for flag in flags for token in flag.tokens]
 
 
@@ -99,23 +106,23 @@ def absolutize_paths(flags: list[Flag], cwd: str) -> list[Flag]:
 
 def validate_flags(get_parser: Callable[[], argparse.ArgumentParser], flags: list[Flag],
                    entry: str) -> argparse.Namespace:
-    """Parse ``flags`` exactly as the entry point will; unknown or invalid flags -> one-line LaunchError."""
+    """Parse ``flags`` exactly as the entry point will; unknown or invalid flags -> one-line UserError."""
     def source_of(name: str) -> str:
         return next((flag.source for flag in reversed(flags) if flag.name == name), "the flags")  # the last wins
 
     try:
         parser = StrictParser(prog=entry, parents=[get_parser()], add_help=False, allow_abbrev=False)
         namespace, unknown = parser.parse_known_args(flatten(flags))
-    except LaunchError as exc:
+    except UserError as exc:
         match = re.search(r"argument (-[^\s:/]+)", str(exc))
-        raise LaunchError(f"{entry} rejects the flags{f' (from {source_of(match[1])})' if match else ''}: {exc}") \
+        raise UserError(f"{entry} rejects the flags{f' (from {source_of(match[1])})' if match else ''}: {exc}") \
             from None
     named = [token.split("=", 1)[0] for token in unknown if is_flag(token)]
     if named:
-        raise LaunchError(f"unknown flag {named[0]} in {source_of(named[0])}: {entry} has no such flag "
-                          f"(see python {entry} --help)")
+        raise UserError(f"unknown flag {named[0]} in {source_of(named[0])}: {entry} has no such flag "
+                        f"(see python {entry} --help)")
     if unknown:
         owner = next((flag for flag in flags if unknown[0] in flag.tokens[1:]), None)
         detail = f" after {owner.name} in {owner.source}" if owner else ""
-        raise LaunchError(f"unexpected value {unknown[0]!r}{detail}: {entry} takes fewer values there")
+        raise UserError(f"unexpected value {unknown[0]!r}{detail}: {entry} takes fewer values there")
     return namespace
