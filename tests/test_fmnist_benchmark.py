@@ -92,6 +92,7 @@ def test_the_benchmark_reads_the_runs_structured_output(tmp_path):
 # --- the five rows, their table and the second labelled split (issue 22) ---------------------------------------
 
 from tests.test_data_fashion_mnist import fake_source  # noqa: E402,F401  (fixture: small IDX files)
+from launch.script_file import group_flags  # noqa: E402
 from fmnist_benchmark import (DEFAULT_RUNS, GAIN, LABELS, RECIPES, add_gains, common_flags,  # noqa: E402
                               comparison_lines, conversion_seed, end_accuracy, flag_value, read_stage_output,
                               table_row, write_split, write_tables)
@@ -113,6 +114,9 @@ def test_the_default_rows_are_the_issues_five_with_the_strongest_supervised_reci
     for name in SAME_AS_SUPERVISED:  # same backbone, labelled stream, precision and budget machinery
         assert flag_value(strong, name) == flag_value(same, name), name
     assert flag_value(strong, "--train_mode") == "supervised" and flag_value(strong, "--arch") == "cnn6w2"
+    names = {f.name for f in group_flags(strong + same, "recipes")}
+    changed = {name: flag_value(strong, name) for name in names if flag_value(strong, name) != flag_value(same, name)}
+    assert changed == {"--mixup_lab": "true", "--mixup_lab_type": "replace", "--lab_min_scale": "0.3"}  # the probes
 
 
 def _synthetic_run(folder: Path, acc_end: float, evals: list[tuple[float, float]], minutes: float = 30.0) -> None:

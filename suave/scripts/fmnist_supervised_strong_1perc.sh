@@ -11,6 +11,7 @@ main_suave.py \
 --max_scale_crops 1. 0.3 \
 --color_jit_unlab false \
 --lab_crop_size 28 \
+--lab_min_scale 0.3 \
 --val_resize 0 \
 --val_crop 0 \
 --mean 0.286 0.286 0.286 \
