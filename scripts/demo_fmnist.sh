@@ -2,7 +2,8 @@
 # The README's first command: Suave on real Fashion-MNIST with 1% of the labels (600 images), on the CPU.
 # Sets up what is missing (Python environment, the dataset, its ImageFolder conversion), then trains through
 # job_launcher.py exactly as a GPU user would (recipe: suave/scripts/fmnist_1perc.sh, 30 minutes of training),
-# and prints the test accuracy next to the supervised baseline's and where the checkpoint, log and stats are.
+# and prints the test accuracy next to every row of the benchmark's table (strongest supervised, FixMatch, ...,
+# with the gain over the strongest supervised row) and where the checkpoint, log and stats are.
 #   bash scripts/demo_fmnist.sh [-- recipe overrides, e.g. -- --time_budget_min 5]
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -45,22 +46,16 @@ python job_launcher.py --mode local --num_gpus 0 --method suave --script_file "$
 exp=$(ls -d "$base"/*-fmnist_suave_1perc | sort | tail -n 1)
 [ "$exp" != "$before" ] || { echo "[demo] no new experiment directory in $base" >&2; exit 1; }
 python - "$exp" <<'EOF'
-import csv, json, os, sys
+import json, os, sys
+from pathlib import Path
+sys.path.insert(0, "benchmarks")
+from fmnist_benchmark import comparison_lines
 exp = sys.argv[1]
 result = json.load(open(os.path.join(exp, "results.json")))
 print(f"\nSuave, Fashion-MNIST, 1% labels: test top-1 {result['val_acc1']:.2f}% after "
       f"{result['train_minutes']:.1f} min of training ({result['iterations']} iterations)")
-table = os.path.join("benchmarks", "results", "fmnist_1perc", "results.csv")
-if os.path.isfile(table):
-    baseline = {row["method"]: row for row in csv.DictReader(open(table))}.get("supervised")
-    if baseline:
-        print(f"benchmark, {baseline['train_min']} min of training, seed {baseline['seed']} ({table}): "
-              f"supervised {float(baseline['top1_end']):.2f}%")
-        gain = result["val_acc1"] - float(baseline["top1_end"])
-        print(f"this run ({result['train_minutes']:.1f} min) vs the supervised baseline "
-              f"({baseline['train_min']} min): {gain:+.2f} points")
-else:
-    print(f"supervised baseline: {table} is missing; `python benchmarks/fmnist_benchmark.py` writes it")
+table = Path("benchmarks", "results", "fmnist_1perc", "results.csv")
+print("\n".join(comparison_lines(table, "Suave", result["val_acc1"], result["train_minutes"])))
 for name in ("checkpoint.pth", "train.log", "stats.csv", "evals.csv"):
     if os.path.isfile(os.path.join(exp, name)):
         print(f"{name:16s} {os.path.join(exp, name)}")

@@ -1,5 +1,6 @@
 """The Fashion-MNIST benchmark sizes each run's schedule to the time budget and reads the runs' structured output
 (benchmarks/fmnist_benchmark.py)."""
+import csv
 import json
 import shlex
 import sys
@@ -86,3 +87,145 @@ def test_the_benchmark_reads_the_runs_structured_output(tmp_path):
     (run / "stats.jsonl").write_text("")
     with pytest.raises(SystemExit, match="no row in .*stats.jsonl: did the run train at all"):
         steady_step_seconds(run)
+
+
+# --- the five rows, their table and the second labelled split (issue 22) ---------------------------------------
+
+from tests.test_data_fashion_mnist import fake_source  # noqa: E402,F401  (fixture: small IDX files)
+from launch.script_file import group_flags  # noqa: E402
+from fmnist_benchmark import (DEFAULT_RUNS, GAIN, LABELS, RECIPES, add_gains, common_flags,  # noqa: E402
+                              comparison_lines, conversion_seed, end_accuracy, flag_value, read_stage_output,
+                              table_row, write_split, write_tables)
+
+SAME_AS_SUPERVISED = ("--train_mode", "--data_path", "--labels_perc", "--arch", "--lab_crop_size", "--val_resize",
+                      "--val_crop", "--mean", "--std", "--lab_batch_size", "--use_fp16", "--use_bf16",
+                      "--channels_last", "--time_budget_min", "--eval_every_min", "--epochs", "--max_iters_per_epoch",
+                      "--all_fixes")
+
+
+def test_the_default_rows_are_the_issues_five_with_the_strongest_supervised_recipe_first():
+    assert DEFAULT_RUNS == ("supervised_strong", "supervised", "fixmatch", "suave", "daino")
+    assert "swav+suave" in RECIPES and "swav+suave" not in DEFAULT_RUNS
+    assert RECIPES["supervised"] == ["suave/scripts/fmnist_supervised_1perc.sh"]  # the key of earlier tables
+    assert LABELS["supervised"] == "supervised (Suave's hyperparameters)"
+    entry, strong = recipe_flags(RECIPES["supervised_strong"][0], {})
+    _, same = recipe_flags(RECIPES["supervised"][0], {})
+    assert entry == "main_suave.py"
+    for name in SAME_AS_SUPERVISED:  # same backbone, labelled stream, precision and budget machinery
+        assert flag_value(strong, name) == flag_value(same, name), name
+    assert flag_value(strong, "--train_mode") == "supervised" and flag_value(strong, "--arch") == "cnn6w2"
+    names = {f.name for f in group_flags(strong + same, "recipes")}
+    changed = {name: flag_value(strong, name) for name in names if flag_value(strong, name) != flag_value(same, name)}
+    assert changed == {"--mixup_lab": "true", "--mixup_lab_type": "replace", "--lab_min_scale": "0.3"}  # the probes
+
+
+def _synthetic_run(folder: Path, acc_end: float, evals: list[tuple[float, float]], minutes: float = 30.0) -> None:
+    """A finished run folder as a training process leaves it: results.json, evals.jsonl, stats.jsonl."""
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps({"val_acc1": acc_end, "train_minutes": minutes,
+                                                     "epochs_completed": 4, "iterations": 4000,
+                                                     "wall_time_s": 1900.0}))
+    (folder / "evals.jsonl").write_text("".join(json.dumps({"train_minutes": t, "val_acc1": a}) + "\n"
+                                                for t, a in evals))
+    (folder / "stats.jsonl").write_text(json.dumps({"epoch": 3, "train_img_s": 400.0}) + "\n")
+
+
+def test_gain_columns_against_a_hand_computed_table(tmp_path):
+    """Gains are the semi-supervised rows' end accuracy minus the strongest supervised row's, from the unrounded
+    results (Suave: 87.86 - 84.84 = +3.02 -> +3.0, where the rounded 87.9 - 84.8 would say +3.1)."""
+    ends = {"supervised_strong": 84.84, "supervised": 82.66, "fixmatch": 86.13, "suave": 87.86, "daino": 84.21}
+    rows, got_ends = [], {}
+    for name in ("fixmatch", "supervised", "suave", "daino", "supervised_strong"):  # baseline last: gains still set
+        _synthetic_run(tmp_path / name, ends[name], [(9.9, ends[name] - 3), (20.1, ends[name] - 1)])
+        stage = Stage(RECIPES[name][0], tmp_path / name, 30)
+        read_stage_output(stage)
+        got_ends[name] = end_accuracy([stage])
+        curve = curve_of([stage], classify_from=0)
+        rows.append(table_row(name, [stage], curve, labels_perc="1", labelled_list="L", budget_min=30,
+                              eval_every_min=2.5, seed=31))
+        add_gains(rows, got_ends)
+    write_tables(rows, tmp_path)
+    by_run = {row["run"]: row for row in rows}
+    assert {k: by_run[k][GAIN] for k in ends} == {"supervised_strong": "—", "supervised": "—", "fixmatch": "+1.3",
+                                                  "suave": "+3.0", "daino": "-0.6"}
+    assert by_run["suave"]["top1_end"] == "87.9" and by_run["supervised_strong"]["top1_end"] == "84.8"
+    assert (by_run["suave"]["top1_10min"], by_run["suave"]["top1_20min"], by_run["suave"]["top1_30min"]) == \
+        ("84.9", "86.9", "87.9")
+    assert by_run["suave"]["wall_min"] == "31.7"  # no benchmark record: the training process's 1,900 s
+    lines = (tmp_path / "results.md").read_text().splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[:9] == ["run", "method", "labels", "labelled_list", "top1_10min", "top1_20min", "top1_30min",
+                          "top1_end", GAIN]
+    assert "| suave | Suave | 1% | L | 84.9 | 86.9 | 87.9 | 87.9 | +3.0 | 4 | 4000 | 400 | 30.0 | 31.7 | 31 |" in lines
+    with open(tmp_path / "results.csv", newline="") as handle:
+        assert [row[GAIN] for row in csv.DictReader(handle)] == ["+1.3", "—", "+3.0", "-0.6", "—"]
+    add_gains(rows, {k: v for k, v in got_ends.items() if k != "supervised_strong"})  # no baseline: no gain
+    assert {row[GAIN] for row in rows} == {"—"}
+
+
+def test_the_demo_prints_every_row_its_gain_and_the_command_for_missing_ones(tmp_path):
+    table = tmp_path / "results.csv"
+    table.write_text("run,method,top1_end,gain_vs_strongest_supervised,train_min,seed\n"
+                     "supervised_strong,strongest supervised (baseline),84.8,—,30.0,31\n"
+                     "fixmatch,FixMatch (yardstick),86.1,+1.3,30.0,31\n")
+    lines = comparison_lines(table, "Suave", 87.31, 29.5)
+    assert lines[1] == "  strongest supervised (baseline)        84.8%  (30.0 min, seed 31)"
+    assert lines[3] == "  FixMatch (yardstick)                   86.1%  (30.0 min, seed 31)  +1.3 vs strongest supervised"
+    missing = [line for line in lines if "not in the table" in line]
+    assert [line.split()[0] for line in missing] == ["supervised", "Suave", "Daino"]
+    assert all("`python benchmarks/fmnist_benchmark.py --reuse`" in line for line in missing)
+    assert lines[-1] == "this run (Suave, 29.5 min) vs the strongest supervised row (30.0 min): +2.51 points"
+    old = tmp_path / "old.csv"  # a table written before the run column: rows named by method
+    old.write_text("method,top1_end,train_min,seed\nsupervised,82.7,30.0,31\nsuave,87.0,27.1,31\n")
+    lines = comparison_lines(old, "Suave", 86.91, 30.0)
+    assert "  supervised (Suave's hyperparameters)   82.7%  (30.0 min, seed 31)" in lines
+    assert lines[-1].endswith("no strongest supervised row; vs supervised with Suave's hyperparameters "
+                              "(30.0 min): +4.21 points")
+    assert comparison_lines(tmp_path / "absent.csv", "Suave", 80.0, 1.0)[0].startswith(
+        f"benchmark table {tmp_path / 'absent.csv'} is missing: `python benchmarks/fmnist_benchmark.py --reuse`")
+
+
+@pytest.fixture
+def converted_fmnist(fake_source, tmp_path) -> Path:
+    """A small Fashion-MNIST conversion (20 train images a class: 2 a class in the 10% list, seed 0)."""
+    from src.data import fashion_mnist as FM
+    return FM.convert_fashion_mnist(tmp_path / "fm", fake_source, processes=1, log=lambda *_: None)
+
+
+def test_second_split_is_balanced_deterministic_and_not_the_conversions_list(converted_fmnist, tmp_path):
+    from collections import Counter
+
+    from src.data.make_subset import make_subset
+    from src.data.subsets import read_subset_entries
+    data = str(converted_fmnist)
+    default = (converted_fmnist / "subsets" / "10percent.txt").read_text()
+    assert conversion_seed(data) == 0 and "".join(f"{x}\n" for x in make_subset(data, percent=10, seed=0)) == default
+    path = write_split(data, "10", 1, tmp_path / "out")
+    assert path == tmp_path / "out" / "subsets" / "10percent_seed1.txt"
+    entries = read_subset_entries(path)
+    assert Counter(e.class_name for e in entries) == {name: 2 for name in Counter(e.class_name for e in entries)}
+    assert len(entries) == 20 and all((converted_fmnist / "train" / e.relpath).is_file() for e in entries)
+    first = path.read_text()
+    assert write_split(data, "10", 1, tmp_path / "again").read_text() == first  # same seed, same list
+    assert first != default and write_split(data, "10", 2, tmp_path / "out").read_text() not in (first, default)
+    assert write_split(data, "1", 1, tmp_path / "out").read_text() != (converted_fmnist / "subsets" / "1percent.txt"
+                                                                        ).read_text()  # 1 a class
+    with pytest.raises(SystemExit, match=r"--split_seed 0 is the seed of the conversion's list .*10percent.txt: pick "
+                                         r"another seed"):
+        write_split(data, "10", 0, tmp_path / "out")
+
+
+def test_every_row_trains_on_the_second_split_and_the_table_names_it(converted_fmnist, tmp_path):
+    import argparse
+    args = argparse.Namespace(flags="--workers 0", data_path=str(converted_fmnist), labels_perc="1", seed=31,
+                              split_seed=None)
+    common, name = common_flags(args, tmp_path)
+    assert "--subset_file" not in common and name == "subsets/1percent.txt (conversion, seed 0)"
+    args.split_seed = 7
+    common, name = common_flags(args, tmp_path)
+    split = tmp_path / "subsets" / "1percent_seed7.txt"
+    assert name == "subsets/1percent_seed7.txt (make_subset, seed 7)" and split.is_file()
+    for run in DEFAULT_RUNS + ("swav+suave",):
+        for recipe in RECIPES[run]:
+            _, flags = recipe_flags(recipe, common)
+            assert flag_value(flags, "--subset_file") == str(split) and flag_value(flags, "--workers") == "0", recipe

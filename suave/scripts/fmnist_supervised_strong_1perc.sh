@@ -1,0 +1,43 @@
+main_suave.py \
+--train_mode supervised \
+--data_path data/fashion-mnist \
+--labels_perc 1 \
+--arch cnn6w2 \
+--hidden_mlp 512 \
+--feat_dim 128 \
+--nmb_crops 2 2 \
+--size_crops 28 14 \
+--min_scale_crops 0.3 0.1 \
+--max_scale_crops 1. 0.3 \
+--color_jit_unlab false \
+--lab_crop_size 28 \
+--lab_min_scale 0.3 \
+--val_resize 0 \
+--val_crop 0 \
+--mean 0.286 0.286 0.286 \
+--std 0.353 0.353 0.353 \
+--batch_size 32 \
+--lab_batch_size 128 \
+--val_batch_size 1000 \
+--epochs 8 \
+--max_iters_per_epoch 1800 \
+--base_lr 1.5 \
+--final_lr 0.0006 \
+--warmup_epochs 0 \
+--warmup_proj_nepochs 0 \
+--freeze_prototypes_niters 0 \
+--queue_length 0 \
+--epsilon 0.05 \
+--temperature 0.1 \
+--label_smoothing 0.01 \
+--mixup_lab true \
+--mixup_lab_type replace \
+--use_fp16 false \
+--use_bf16 true \
+--channels_last true \
+--workers 1 \
+--time_budget_min 30 \
+--eval_every_min 2.5 \
+--log_freq 100 \
+--checkpoint_freq 0 \
+--all_fixes true
