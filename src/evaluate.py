@@ -9,12 +9,12 @@ Daino: the teacher, ``main``, and the student). Writes ``eval.json`` next to the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import types
 from typing import Any
 
 from src import distributed
+from src.atomic_io import write_json_atomic
 from src.data import ImageDataset, build_val_loader, class_index, scan_image_folder
 from src.data_setup import capped_workers, eval_transform
 from src.engine import Trainer
@@ -86,8 +86,7 @@ def evaluate_checkpoint(cli_args: argparse.Namespace, method_name: str) -> dict[
                    "data_path": args.data_path, "val_images": len(dataset), **stats}
         if distributed.is_main_process():
             report_path = os.path.join(output_dir, EVAL_NAME)
-            with open(report_path, "w") as handle:
-                json.dump(results, handle, indent=2)
+            write_json_atomic(report_path, results)
             print(format_table(stats, {"daino": "teacher", "fixmatch": "ema"}.get(method_name, "prototypes")))
             print(f"wrote {report_path}")
         return results

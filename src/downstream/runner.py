@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src import distributed
+from src.atomic_io import write_json_atomic
 from src.checkpoint import read_checkpoint, save_checkpoint_atomic, unwrap_module
 from src.engine import CHECKPOINT_NAME
 from src.errors import TrainingDiverged, UserError
@@ -157,8 +158,7 @@ class EvalRunner:
                    "pretrained": args.pretrained, "checkpoint_key": args.checkpoint_key, "arch": args.arch,
                    "wall_time_s": round(time.perf_counter() - started, 1)}
         if distributed.is_main_process():
-            with open(results_path, "w") as handle:
-                json.dump(results, handle, indent=2)
+            write_json_atomic(results_path, results)
             if self.epoch >= args.epochs:
                 self.logger.info(self.task.summary(*self.best))
             self.logger.info("checkpoint: %s | log: %s | stats: %s | results: %s", self.checkpoint_path,
