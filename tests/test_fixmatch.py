@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 import main_fixmatch
-from fixmatch.method import FixMatchMethod, fixmatch_lr, unlabelled_loss
+from fixmatch.method import FixMatchMethod, data_config, fixmatch_lr, unlabelled_loss
 from src.cli import run_main
 from src.data import LabelledBatch, Normalization, UnlabelledBatch, weak_strong_views
 from src.data.augmentations import Cutout, RandomMagnitudeRandAugment
 from src.data.synthetic import make_synthetic_imagefolder
-from src.errors import UserError
+from src.errors import FlagError, UserError
 from src.method import Schedules
 from tests.test_training import FIXMATCH_TINY
 
@@ -70,6 +70,16 @@ def tiny_method(**overrides) -> FixMatchMethod:
 def test_bad_flags_are_one_line_errors_naming_them(flag, value, message):
     with pytest.raises(UserError, match=message):
         tiny_method(**{flag: value})
+
+
+@pytest.mark.parametrize("flag,value", [("cutout", 2.0), ("randaugment_ops", -1), ("crop_size", 0),
+                                        ("translate", 1.0)])
+def test_bad_view_flags_are_refused_before_the_data_is_built(flag, value, tmp_path):
+    """Before: --cutout 2 and --crop_size 0 were tracebacks from the transform / the model, --randaugment_ops -1
+    silently applied no RandAugment op."""
+    argv = ["--data_path", str(tmp_path), "--output_dir", str(tmp_path), f"--{flag}", str(value)]
+    with pytest.raises(FlagError, match=f"--{flag} {value} must"):
+        data_config(main_fixmatch.get_args_parser().parse_args(argv))
 
 
 def tiny_batches(seed: int = 0) -> tuple[LabelledBatch, UnlabelledBatch]:
