@@ -3,8 +3,9 @@ and checkpoint/resume. A method plugs in through ``src.method.Method``; one step
 the bookkeeping around the loop (time budget, timed evaluations, --stop_after_epochs, stats table, wandb) are
 the hooks of ``src.run_hooks``.
 
-Follows the released ``train``/``train_one_epoch`` functions (SwAV/DINO lineage): per-iteration schedules,
-fp16 autocast with gradient scaling, gradient clipping, one checkpoint per epoch restored automatically.
+Follows the released ``train``/``train_one_epoch`` functions (SwAV/DINO lineage): an epoch loop over the
+unlabelled data with validation after each epoch and one checkpoint per epoch, restored automatically (the
+step's precision, schedules and clipping are ``src.train_step``'s).
 """
 from __future__ import annotations
 

@@ -1,10 +1,12 @@
-"""Evaluation only: ``python main_suave.py --evaluate CKPT [--data_path DATA] [--output_dir DIR]`` (and Daino).
+"""Evaluation only: ``python main_suave.py --evaluate CKPT [--data_path DATA] [--output_dir DIR]`` (and Daino,
+FixMatch).
 
 Rebuilds the run from the checkpoint alone (its flags, classes and eval preprocessing: ``src.trained``), then
 runs the engine's own validation (``Trainer.validate``: same loader order, batch size, precision and heads)
 on ``DATA/val``: top-1/top-5 of every head (Suave: the prototypes, the online probes and their ensemble;
-Daino: the teacher, ``main``, and the student). Writes ``eval.json`` next to the checkpoint or in
-``--output_dir``. Runs on the CPU, one GPU or under torchrun (the val set is sharded and the counts summed).
+Daino: the teacher, ``main``, and the student; FixMatch: the EMA model, ``main``, and the student). Writes
+``eval.json`` next to the checkpoint or in ``--output_dir``. Runs on the CPU, one GPU or under torchrun (the val
+set is sharded and the counts summed).
 """
 from __future__ import annotations
 
