@@ -89,7 +89,8 @@ def evaluate_checkpoint(cli_args: argparse.Namespace, method_name: str) -> dict[
         if distributed.is_main_process():
             report_path = os.path.join(output_dir, EVAL_NAME)
             write_json_atomic(report_path, results)
-            print(format_table(stats, {"daino": "teacher", "fixmatch": "ema"}.get(method_name, "prototypes")))
+            ema = "ema" if "teacher" in trained.networks else "student"  # FixMatch with --ema_decay 0 keeps none
+            print(format_table(stats, {"daino": "teacher", "fixmatch": ema}.get(method_name, "prototypes")))
             print(f"wrote {report_path}")
         return results
     finally:

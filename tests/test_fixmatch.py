@@ -214,6 +214,24 @@ def test_tiny_run_learns_separable_classes(tmp_path):
     assert (evaluated["val_acc1"], evaluated["val_student_acc1"]) == (results["val_acc1"], results["val_student_acc1"])
 
 
+def test_evaluate_names_the_student_main_without_an_ema(tmp_path, capsys):
+    """--ema_decay 0: validation's main head is the student; --evaluate's table called it 'ema'."""
+    info = make_synthetic_imagefolder(str(tmp_path / "data"), num_classes=4, train_per_class=8, val_per_class=2,
+                                      size=32, seed=0, subset_per_class=4)
+    out = str(tmp_path / "exp")
+    argv = ["--data_path", str(info.root), "--subset_file", str(info.subset_file), "--output_dir", out,
+            "--epochs", "1", "--max_iters_per_epoch", "1", *FIXMATCH_TINY, "--ema_decay", "0"]
+    assert run_main(main_fixmatch.get_args_parser, main_fixmatch.main, "FixMatch", argv) == 0
+    capsys.readouterr()
+    evaluate = ["--evaluate", os.path.join(out, "checkpoint.pth"), "--workers", "0"]
+    assert run_main(main_fixmatch.get_args_parser, main_fixmatch.main, "FixMatch", evaluate) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = lines[lines.index(f"{'head':<16}{'top-1':>8}{'top-5':>8}"):]
+    report = json.load(open(os.path.join(out, "eval.json")))
+    assert table[1:] == [f"{'student':<16}{report['val_acc1']:>8.2f}{report['val_acc5']:>8.2f}",
+                         f"wrote {os.path.join(out, 'eval.json')}"]
+
+
 SHARED_WITH_SUAVE = ("--data_path", "--labels_perc", "--arch", "--lab_crop_size", "--val_resize", "--val_crop", "--mean",
                      "--std", "--lab_batch_size", "--val_batch_size", "--use_fp16", "--use_bf16", "--channels_last",
                      "--workers", "--time_budget_min", "--eval_every_min", "--all_fixes")
