@@ -6,7 +6,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 # top-level folders that are not the product (a nested name such as src/data/ is product code)
-PRODUCT = [p for p in REPO.rglob("*.py") if p.relative_to(REPO).parts[0] not in {".venv", "tests", "data", "experiments"}]
+NOT_PRODUCT = {".venv", "tests", "data", "experiments"}
+PRODUCT = [p for p in REPO.rglob("*.py") if p.relative_to(REPO).parts[0] not in NOT_PRODUCT]
 
 
 def imported_modules(path: Path) -> set[str]:
