@@ -74,10 +74,7 @@ class TrainStep:
             out = self.method.training_step(lab, unlab, epoch, iteration)
         if self.finite.every == 1:
             # every rank stops at the same step: a rank left alone in the backward's all-reduce would hang
-            bad = (~torch.isfinite(out.loss.detach())).float().reshape(1)
-            if distributed.is_dist():
-                distributed.all_reduce_max(bad)
-            if bool(bad.item()):  # the one host sync of the step, as the release's loss.item()
+            if distributed.any_rank(~torch.isfinite(out.loss.detach())):  # one host sync, as the release's .item()
                 loss_value = out.loss.item()
                 what = loss_value if not math.isfinite(loss_value) else "not finite on another rank"
                 raise TrainingDiverged(f"loss is {what} at iteration {iteration} (epoch {epoch}); stopping "

@@ -120,13 +120,16 @@ def _nan_on_one_rank(rank: int, world: int) -> dict:
     check = FiniteCheck(4)  # --nan_check_every 4
     for it in range(4):
         check.record(torch.tensor(float("nan") if (rank, it) == (1, 2) else 1.0), it)
-    return {"per_step": per_step, "deferred": check.first_bad_iteration()}
+    return {"per_step": per_step, "deferred": check.first_bad_iteration(),
+            "any_rank": [distributed.any_rank(torch.tensor(rank == 1)), distributed.any_rank(torch.tensor(False))]}
 
 
 def test_a_loss_that_is_not_finite_on_one_rank_stops_every_rank():
     """The release's check (and ours before) stopped only the rank whose loss was NaN; the others went on into
-    DDP's all-reduce and hung. Both the per-step and the deferred check agree across the ranks."""
+    DDP's all-reduce and hung. The per-step and the deferred check (and distributed.any_rank, which the
+    downstream scripts' check uses) agree across the ranks."""
     ranks = run_in_processes(_nan_on_one_rank, 2)
     assert ranks[1]["per_step"].startswith("loss is nan at iteration 5 (epoch 0); stopping without saving")
     assert ranks[0]["per_step"].startswith("loss is not finite on another rank at iteration 5 (epoch 0)")
     assert [r["deferred"] for r in ranks] == [2, 2]
+    assert [r["any_rank"] for r in ranks] == [[True, False], [True, False]]  # eval_semisup/eval_linear's check

@@ -181,8 +181,9 @@ class EvalRunner:
             with self.precision.autocast():
                 logits = task.forward(batch.images)
             loss = F.cross_entropy(logits.float(), batch.targets)
-            if not math.isfinite(loss.item()):
-                raise TrainingDiverged(f"loss is {loss.item()} at iteration {iteration} (epoch {epoch}); the last "
+            if distributed.any_rank(~torch.isfinite(loss.detach())):  # every rank stops (DDP's all-reduce)
+                what = loss.item() if not math.isfinite(loss.item()) else "not finite on another rank"
+                raise TrainingDiverged(f"loss is {what} at iteration {iteration} (epoch {epoch}); the last "
                                        f"checkpoint is in {args.output_dir}")
             task.optimizer.zero_grad()
             scaler = self.precision.scaler
