@@ -16,8 +16,6 @@ from fixmatch.args import get_args_parser
 from fixmatch.method import FixMatchMethod, data_config
 from src.cli import run_main, train_or_evaluate
 
-IMPLEMENTED = True
-
 
 def main(args: argparse.Namespace) -> dict:
     return train_or_evaluate(args, "fixmatch", data_config, FixMatchMethod)

@@ -134,6 +134,14 @@ def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     return _all_reduce(tensor, dist.ReduceOp.MAX)
 
 
+def any_rank(flag: torch.Tensor) -> bool:
+    """Whether ``flag`` (one boolean or number, on any device) is true on some rank: collective, one host sync.
+    For decisions every rank must take together (stopping before a collective that the others would wait in)."""
+    value = flag.detach().float().reshape(1)
+    all_reduce_max(value)
+    return bool(value.item())
+
+
 def local_world_size() -> int:
     """Processes on this machine (torchrun's LOCAL_WORLD_SIZE, Slurm's tasks per node, else 1)."""
     for name in ("LOCAL_WORLD_SIZE", "SLURM_NTASKS_PER_NODE"):

@@ -1,20 +1,22 @@
-"""Evaluation only: ``python main_suave.py --evaluate CKPT [--data_path DATA] [--output_dir DIR]`` (and Daino).
+"""Evaluation only: ``python main_suave.py --evaluate CKPT [--data_path DATA] [--output_dir DIR]`` (and Daino,
+FixMatch).
 
 Rebuilds the run from the checkpoint alone (its flags, classes and eval preprocessing: ``src.trained``), then
 runs the engine's own validation (``Trainer.validate``: same loader order, batch size, precision and heads)
 on ``DATA/val``: top-1/top-5 of every head (Suave: the prototypes, the online probes and their ensemble;
-Daino: the teacher, ``main``, and the student). Writes ``eval.json`` next to the checkpoint or in
-``--output_dir``. Runs on the CPU, one GPU or under torchrun (the val set is sharded and the counts summed).
+Daino: the teacher, ``main``, and the student; FixMatch: the EMA model, ``main``, and the student). Writes
+``eval.json`` next to the checkpoint or in ``--output_dir``. Runs on the CPU, one GPU or under torchrun (the val
+set is sharded and the counts summed).
 """
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import types
 from typing import Any
 
 from src import distributed
+from src.atomic_io import write_json_atomic
 from src.data import ImageDataset, build_val_loader, class_index, scan_image_folder
 from src.data_setup import capped_workers, eval_transform
 from src.engine import Trainer
@@ -86,9 +88,9 @@ def evaluate_checkpoint(cli_args: argparse.Namespace, method_name: str) -> dict[
                    "data_path": args.data_path, "val_images": len(dataset), **stats}
         if distributed.is_main_process():
             report_path = os.path.join(output_dir, EVAL_NAME)
-            with open(report_path, "w") as handle:
-                json.dump(results, handle, indent=2)
-            print(format_table(stats, {"daino": "teacher", "fixmatch": "ema"}.get(method_name, "prototypes")))
+            write_json_atomic(report_path, results)
+            ema = "ema" if "teacher" in trained.networks else "student"  # FixMatch with --ema_decay 0 keeps none
+            print(format_table(stats, {"daino": "teacher", "fixmatch": ema}.get(method_name, "prototypes")))
             print(f"wrote {report_path}")
         return results
     finally:

@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from src.atomic_io import atomic_open, atomic_path, write_json_atomic
 from src.errors import UserError
 from src.trained import ClassScores, TrainedModel, classifier, load_trained
 
@@ -132,7 +133,8 @@ def export_program(trained: TrainedModel, network_name: str | None, path: str, m
     batch = torch.export.Dim("batch", min=1, max=65536)
     with torch.no_grad():
         exported = torch.export.export(program, (example,), dynamic_shapes=({0: batch},))
-    torch.export.save(exported, path, extra_files={"export.json": json.dumps(metadata)})
+    with atomic_open(path) as handle:
+        torch.export.save(exported, handle, extra_files={"export.json": json.dumps(metadata)})
 
 
 def export_model(checkpoint: str, out_dir: str, checkpoint_key: str | None = None, data_path: str | None = None,
@@ -146,7 +148,8 @@ def export_model(checkpoint: str, out_dir: str, checkpoint_key: str | None = Non
     target = backbone_target(trained.args)
     state = backbone_state(backbone)
     written = [os.path.join(out_dir, "backbone.pth")]
-    torch.save(state, written[0])
+    with atomic_open(written[0]) as handle:
+        torch.save(state, handle)
     metadata = {"checkpoint": trained.path, "method": trained.method_name, "network": name,
                 "epoch": trained.epoch, "arch": trained.args.arch, "classes": trained.classes,
                 "preprocessing": trained.preprocessing, "temperature": trained.temperature,
@@ -155,7 +158,8 @@ def export_model(checkpoint: str, out_dir: str, checkpoint_key: str | None = Non
         from safetensors.torch import save_file
 
         written.append(os.path.join(out_dir, "backbone.safetensors"))
-        save_file(state, written[-1], metadata={"format": "pt", "target": f"{target.library}:{target.model}"})
+        with atomic_path(written[-1]) as temporary:
+            save_file(state, str(temporary), metadata={"format": "pt", "target": f"{target.library}:{target.model}"})
     except ImportError:
         metadata["safetensors"] = "not written: pip install safetensors"
     if target.library:
@@ -165,8 +169,7 @@ def export_model(checkpoint: str, out_dir: str, checkpoint_key: str | None = Non
         written.append(os.path.join(out_dir, "classifier.pt2"))
         export_program(trained, name, written[-1], metadata)
     metadata["files"] = written
-    with open(os.path.join(out_dir, "export.json"), "w") as handle:
-        json.dump(metadata, handle, indent=2)
+    write_json_atomic(os.path.join(out_dir, "export.json"), metadata)
     return metadata
 
 

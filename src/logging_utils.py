@@ -21,6 +21,7 @@ import torch
 
 from src import distributed
 from src.atomic_io import atomic_path
+from src.errors import UserError
 
 LOGGER_NAME = "suavedaino"
 
@@ -150,10 +151,14 @@ class WandbRun:
         try:
             import wandb
         except ImportError as exc:  # pragma: no cover - wandb is in requirements.txt
-            raise RuntimeError("--wandb true needs the wandb package: pip install wandb") from exc
+            raise UserError("--wandb true needs the wandb package: pip install wandb") from exc
         self.run_id = run_id or secrets.token_hex(4)
-        self.run = wandb.init(project=project, entity=entity, mode=mode, id=self.run_id, resume="allow",
-                              name=name, config=config, dir=output_dir)
+        try:
+            self.run = wandb.init(project=project, entity=entity, mode=mode, id=self.run_id, resume="allow",
+                                  name=name, config=config, dir=output_dir)
+        except wandb.errors.Error as exc:  # no API key, no network, a wrong entity: the user's to fix
+            raise UserError(f"--wandb true: wandb could not start ({exc}); run `wandb login` first, or add "
+                            f"--wandb_mode offline (sync later with `wandb sync`), or --wandb false") from exc
 
     def log(self, values: dict[str, Any], step: int | None = None) -> None:
         if self.run is not None:

@@ -127,8 +127,8 @@ def cosine_schedule(base_value: float, final_value: float, epochs: int, niter_pe
     final + (base - final)(1 + cos(pi t / T)) / 2 over the remaining T iterations) is the same array.
     """
     if epochs <= 0 or niter_per_ep <= 0:
-        raise ValueError(f"cosine_schedule needs epochs > 0 and iterations per epoch > 0, got {epochs} and "
-                         f"{niter_per_ep} (is the training loader empty? check --batch_size and the data)")
+        raise FlagError(f"the schedule needs --epochs > 0 and iterations per epoch > 0, got {epochs} and "
+                        f"{niter_per_ep} (is the training loader empty? check --batch_size and the data)")
     if not 0 <= warmup_epochs <= epochs:
         raise FlagError(f"warm-up epochs ({warmup_epochs}) must lie between 0 and --epochs ({epochs})")
     warmup_iters = warmup_epochs * niter_per_ep

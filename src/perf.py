@@ -15,6 +15,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from src import distributed
 from src.errors import FlagError
 
 
@@ -67,8 +68,13 @@ class FiniteCheck:
         return (iteration + 1) % self.every == 0
 
     def first_bad_iteration(self) -> int | None:
-        """The first recorded iteration with a non-finite loss (one host sync), or None."""
+        """The first recorded iteration with a non-finite loss on any rank (one host sync; collective: every
+        rank calls it at the same step and gets the same answer, so all stop together), or None."""
         if self.first_bad is None:
             return None
-        value = int(self.first_bad.item())
-        return value if value >= 0 else None
+        never = torch.iinfo(torch.long).max
+        earliest = torch.where(self.first_bad >= 0, self.first_bad, torch.full_like(self.first_bad, never))
+        negated = (-earliest).reshape(1)
+        distributed.all_reduce_max(negated)  # the minimum over the ranks
+        value = -int(negated.item())
+        return value if value != never else None

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from src.atomic_io import atomic_path
 from src.data import load_rgb
 from src.data.folders import is_image_file
 from src.data_setup import eval_transform
@@ -104,8 +105,7 @@ def predict(checkpoint: str, images: str, out: str, batch_size: int = 64, device
         print(f"\rpredicted {done}/{len(paths)} images ({failures} unreadable), {rate:.1f} img/s", end="",
               file=sys.stderr, flush=True)
     print(file=sys.stderr)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    with open(out, "w", newline="") as handle:
+    with atomic_path(out, parents=True) as temporary, open(temporary, "x", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(rows)

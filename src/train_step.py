@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from src import perf
+from src import distributed, perf
 from src.errors import TrainingDiverged
 from src.logging_utils import get_logger
 from src.method import Method, Schedules, StepOutput
@@ -73,9 +73,11 @@ class TrainStep:
         with self.precision.autocast():
             out = self.method.training_step(lab, unlab, epoch, iteration)
         if self.finite.every == 1:
-            loss_value = out.loss.item()
-            if not math.isfinite(loss_value):
-                raise TrainingDiverged(f"loss is {loss_value} at iteration {iteration} (epoch {epoch}); stopping "
+            # every rank stops at the same step: a rank left alone in the backward's all-reduce would hang
+            if distributed.any_rank(~torch.isfinite(out.loss.detach())):  # one host sync, as the release's .item()
+                loss_value = out.loss.item()
+                what = loss_value if not math.isfinite(loss_value) else "not finite on another rank"
+                raise TrainingDiverged(f"loss is {what} at iteration {iteration} (epoch {epoch}); stopping "
                                        f"without saving. Last good checkpoint: {checkpoint_hint}")
         else:  # --nan_check_every N: no host sync here; read back every N steps and before any checkpoint
             self.finite.record(out.loss, iteration)

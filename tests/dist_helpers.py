@@ -32,10 +32,11 @@ def _worker(rank: int, world: int, port: int, fn: Callable, args: tuple, out_dir
 def run_in_processes(fn: Callable[..., Any], world_size: int, *args: Any) -> list[Any]:
     """Call ``fn(rank, world_size, *args)`` in ``world_size`` gloo processes; return each rank's result.
 
-    ``fn`` must be a module-level function (it is pickled by spawn) and return tensors/plain data.
+    ``fn`` must be a module-level function (it is pickled by spawn) and return tensors/plain data (read back with
+    ``weights_only=True``).
     """
     with tempfile.TemporaryDirectory() as out_dir:
         mp.start_processes(_worker, args=(world_size, free_port(), fn, args, out_dir),
                            nprocs=world_size, join=True, start_method="spawn")
-        return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=False)
+        return [torch.load(os.path.join(out_dir, f"rank{r}.pt"), weights_only=True)
                 for r in range(world_size)]

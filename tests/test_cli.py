@@ -44,3 +44,23 @@ def test_user_errors_keep_their_builtin_base_and_pickle(cls, builtin):
     error = pickle.loads(pickle.dumps(cls("message")))
     assert type(error) is cls and isinstance(error, builtin) and isinstance(error, UserError)
     assert str(error) == "message"
+
+
+def test_wandb_that_cannot_start_is_a_one_line_error(tmp_path, monkeypatch, capsys):
+    """``--wandb true`` without ``wandb login`` gave wandb's UsageError with a traceback; now a UserError with
+    the fix (wandb.init is replaced here so the test never reaches the network or the user's credentials)."""
+    import wandb  # in requirements.txt
+    from src.logging_utils import WandbRun
+
+    def no_key(**kwargs):
+        raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
+
+    monkeypatch.setattr(wandb, "init", no_key)
+
+    def main(args: argparse.Namespace) -> None:
+        WandbRun(True, "project", None, "online", None, "run", {}, str(tmp_path))
+
+    assert run_main(lambda: argparse.ArgumentParser(add_help=False), main, "prog", []) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --wandb true: wandb could not start (No API key configured.") and err.count("\n") == 1
+    assert "run `wandb login` first, or add --wandb_mode offline" in err

@@ -1,12 +1,20 @@
-"""Ranks come from torchrun's or Slurm's environment, or a plain single process."""
+"""Ranks come from torchrun's or Slurm's environment, or a plain single process; a NaN loss on one rank stops
+every rank."""
 from __future__ import annotations
 
+import argparse
+
+import numpy as np
 import pytest
 import torch
 
 from src import distributed
 from src.distributed import detect_ranks, init_distributed
-from src.errors import FlagError
+from src.errors import FlagError, TrainingDiverged
+from src.method import Method, Schedules, StepOutput
+from src.perf import FiniteCheck
+from src.train_step import Precision, TrainStep
+from tests.dist_helpers import run_in_processes
 
 LAUNCH_VARS = ["RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"]
 
@@ -83,3 +91,45 @@ def test_a_staged_all_reduce_writes_the_result_back_in_place(monkeypatch):
     out = distributed.all_reduce_sum(counts)
     assert out is counts and counts.tolist() == [6.0, 8.0]
     assert seen[0] is not counts  # the collective ran on the staged copy
+
+
+class _NanOnRankOne(Method):
+    """A linear student whose loss is NaN on rank 1 only (a local batch that overflows, say)."""
+
+    name = "nan_on_rank_one"
+
+    def __init__(self, rank: int) -> None:
+        super().__init__(argparse.Namespace(), 1, torch.device("cpu"))
+        self.rank = rank
+        self.student = torch.nn.Linear(2, 1)
+
+    def training_step(self, lab, unlab, epoch: int, iteration: int) -> StepOutput:
+        loss = self.student(torch.ones(1, 2)).sum() * (float("nan") if self.rank == 1 else 1.0)
+        return StepOutput(loss=loss)
+
+
+def _nan_on_one_rank(rank: int, world: int) -> dict:
+    method = _NanOnRankOne(rank)
+    optimizer = torch.optim.SGD(method.student.parameters(), lr=0.1)
+    step = TrainStep(method, optimizer, Schedules(lr=np.full(4, 0.1)), Precision(False, False, torch.device("cpu")))
+    try:
+        step(None, None, 0, 5)
+        per_step = "no error"
+    except TrainingDiverged as exc:
+        per_step = str(exc)
+    check = FiniteCheck(4)  # --nan_check_every 4
+    for it in range(4):
+        check.record(torch.tensor(float("nan") if (rank, it) == (1, 2) else 1.0), it)
+    return {"per_step": per_step, "deferred": check.first_bad_iteration(),
+            "any_rank": [distributed.any_rank(torch.tensor(rank == 1)), distributed.any_rank(torch.tensor(False))]}
+
+
+def test_a_loss_that_is_not_finite_on_one_rank_stops_every_rank():
+    """The release's check (and ours before) stopped only the rank whose loss was NaN; the others went on into
+    DDP's all-reduce and hung. The per-step and the deferred check (and distributed.any_rank, which the
+    downstream scripts' check uses) agree across the ranks."""
+    ranks = run_in_processes(_nan_on_one_rank, 2)
+    assert ranks[1]["per_step"].startswith("loss is nan at iteration 5 (epoch 0); stopping without saving")
+    assert ranks[0]["per_step"].startswith("loss is not finite on another rank at iteration 5 (epoch 0)")
+    assert [r["deferred"] for r in ranks] == [2, 2]
+    assert [r["any_rank"] for r in ranks] == [[True, False], [True, False]]  # eval_semisup/eval_linear's check

@@ -17,12 +17,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 import main_fixmatch
-from fixmatch.method import FixMatchMethod, fixmatch_lr, unlabelled_loss
+from fixmatch.method import FixMatchMethod, data_config, fixmatch_lr, unlabelled_loss
 from src.cli import run_main
 from src.data import LabelledBatch, Normalization, UnlabelledBatch, weak_strong_views
 from src.data.augmentations import Cutout, RandomMagnitudeRandAugment
 from src.data.synthetic import make_synthetic_imagefolder
-from src.errors import UserError
+from src.errors import FlagError, UserError
 from src.method import Schedules
 from tests.test_training import FIXMATCH_TINY
 
@@ -70,6 +70,16 @@ def tiny_method(**overrides) -> FixMatchMethod:
 def test_bad_flags_are_one_line_errors_naming_them(flag, value, message):
     with pytest.raises(UserError, match=message):
         tiny_method(**{flag: value})
+
+
+@pytest.mark.parametrize("flag,value", [("cutout", 2.0), ("randaugment_ops", -1), ("crop_size", 0),
+                                        ("translate", 1.0)])
+def test_bad_view_flags_are_refused_before_the_data_is_built(flag, value, tmp_path):
+    """Before: --cutout 2 and --crop_size 0 were tracebacks from the transform / the model, --randaugment_ops -1
+    silently applied no RandAugment op."""
+    argv = ["--data_path", str(tmp_path), "--output_dir", str(tmp_path), f"--{flag}", str(value)]
+    with pytest.raises(FlagError, match=f"--{flag} {value} must"):
+        data_config(main_fixmatch.get_args_parser().parse_args(argv))
 
 
 def tiny_batches(seed: int = 0) -> tuple[LabelledBatch, UnlabelledBatch]:
@@ -202,6 +212,24 @@ def test_tiny_run_learns_separable_classes(tmp_path):
     assert run_main(main_fixmatch.get_args_parser, main_fixmatch.main, "FixMatch", evaluate) == 0
     evaluated = json.load(open(os.path.join(out, "eval.json")))
     assert (evaluated["val_acc1"], evaluated["val_student_acc1"]) == (results["val_acc1"], results["val_student_acc1"])
+
+
+def test_evaluate_names_the_student_main_without_an_ema(tmp_path, capsys):
+    """--ema_decay 0: validation's main head is the student; --evaluate's table called it 'ema'."""
+    info = make_synthetic_imagefolder(str(tmp_path / "data"), num_classes=4, train_per_class=8, val_per_class=2,
+                                      size=32, seed=0, subset_per_class=4)
+    out = str(tmp_path / "exp")
+    argv = ["--data_path", str(info.root), "--subset_file", str(info.subset_file), "--output_dir", out,
+            "--epochs", "1", "--max_iters_per_epoch", "1", *FIXMATCH_TINY, "--ema_decay", "0"]
+    assert run_main(main_fixmatch.get_args_parser, main_fixmatch.main, "FixMatch", argv) == 0
+    capsys.readouterr()
+    evaluate = ["--evaluate", os.path.join(out, "checkpoint.pth"), "--workers", "0"]
+    assert run_main(main_fixmatch.get_args_parser, main_fixmatch.main, "FixMatch", evaluate) == 0
+    lines = capsys.readouterr().out.splitlines()
+    table = lines[lines.index(f"{'head':<16}{'top-1':>8}{'top-5':>8}"):]
+    report = json.load(open(os.path.join(out, "eval.json")))
+    assert table[1:] == [f"{'student':<16}{report['val_acc1']:>8.2f}{report['val_acc5']:>8.2f}",
+                         f"wrote {os.path.join(out, 'eval.json')}"]
 
 
 SHARED_WITH_SUAVE = ("--data_path", "--labels_perc", "--arch", "--lab_crop_size", "--val_resize", "--val_crop", "--mean",

@@ -142,6 +142,12 @@ def test_cosine_schedule_values():
     assert no_warmup[0] == 1.0 and no_warmup[4] == pytest.approx(0.5)  # cos(pi/2) at the middle
 
 
+def test_zero_epochs_is_a_one_line_flag_error():
+    """``--epochs 0`` reaches the schedule first: a FlagError (one line from the entry points), not a traceback."""
+    with pytest.raises(FlagError, match=r"--epochs > 0 .* got 0 and 5"):
+        cosine_schedule(0.1, 0.0, 0, 5)
+
+
 @pytest.mark.parametrize("epochs,n_iter,warm,start", [(10, 7, 3, 0.5), (5, 4, 0, 0.0), (3, 2, 1, 0.0)])
 def test_cosine_schedule_equals_swav_release_construction(epochs, n_iter, warm, start):
     np.testing.assert_allclose(cosine_schedule(4.8, 0.0048, epochs, n_iter, warm, start),

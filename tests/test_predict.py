@@ -82,6 +82,22 @@ def test_predict_a_list_file_names_missing_images_and_refuses_an_empty_folder(ti
     assert capsys.readouterr().err.startswith(f"error: --images {tmp_path / 'empty'} holds no image files")
 
 
+def test_a_failed_write_leaves_the_previous_csv_intact(tiny_runs, tmp_path, monkeypatch):
+    """The CSV is written atomically: a crash while writing rows keeps the last complete file, no temporary."""
+    out = tmp_path / "preds.csv"
+    out.write_text("the previous predictions\n")
+    val = os.path.join(tiny_runs["daino"]["data"], "val")
+
+    def fail(self, rows):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("csv.DictWriter.writerows", fail)
+    with pytest.raises(OSError, match="disk full"):
+        predict_main(["--checkpoint", tiny_runs["daino"]["checkpoint"], "--images", val, "--out", str(out)])
+    assert out.read_text() == "the previous predictions\n"
+    assert sorted(os.listdir(tmp_path)) == ["preds.csv"]
+
+
 def test_class_scores_keep_the_validation_arg_max_of_bf16_scores():
     """bf16 scores 1.984375 < 1.9921875 both round to 19.875 once divided by 0.1 in bf16: the predicted class
     must still be validation's arg-max of the raw scores (a bf16 demo run printed 83.43% against --evaluate's

@@ -209,6 +209,23 @@ def test_wandb_offline_run_keeps_its_id_across_resume(tiny_data, tmp_path, monke
     assert any(first_id in p.name for p in Path(out).rglob("*") if p.is_dir())
 
 
+def test_resuming_with_another_method_or_network_flags_is_one_line(tiny_data, tmp_path, capsys):
+    """Before: load_state_dict's RuntimeError, a traceback listing every key of the network."""
+    out = str(tmp_path / "exp")
+    assert run(main_suave, common(tiny_data, out, 1) + SUAVE_TINY + ["--max_iters_per_epoch", "1"]) == 0
+    capsys.readouterr()
+    assert run(main_fixmatch, common(tiny_data, out, 2) + FIXMATCH_TINY) == 2
+    checkpoint = os.path.join(out, "checkpoint.pth")
+    assert capsys.readouterr().err == (f"error: {checkpoint} is a checkpoint of suave, not fixmatch: give this run "
+                                       "another --output_dir (or resume that one with its own entry point)\n")
+    other_flags = SUAVE_TINY + ["--max_iters_per_epoch", "1", "--feat_dim", "8"]
+    assert run(main_suave, common(tiny_data, out, 2) + other_flags) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {checkpoint} was written with other network flags and cannot be resumed by this "
+                          "run (flags that differ: --feat_dim; first mismatch: size mismatch for projection_head.")
+    assert err.count("\n") == 1 and read_checkpoint(checkpoint)["epoch"] == 1  # the checkpoint is untouched
+
+
 def test_timed_evaluations_are_written_and_excluded_from_the_budget(tiny_data, tmp_path):
     out = str(tmp_path / "exp")
     assert run(main_suave, common(tiny_data, out, 1) + SUAVE_TINY + ["--max_iters_per_epoch", "3",

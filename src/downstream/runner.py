@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from src import distributed
+from src.atomic_io import write_json_atomic
 from src.checkpoint import read_checkpoint, save_checkpoint_atomic, unwrap_module
 from src.engine import CHECKPOINT_NAME
 from src.errors import TrainingDiverged, UserError
@@ -157,8 +158,7 @@ class EvalRunner:
                    "pretrained": args.pretrained, "checkpoint_key": args.checkpoint_key, "arch": args.arch,
                    "wall_time_s": round(time.perf_counter() - started, 1)}
         if distributed.is_main_process():
-            with open(results_path, "w") as handle:
-                json.dump(results, handle, indent=2)
+            write_json_atomic(results_path, results)
             if self.epoch >= args.epochs:
                 self.logger.info(self.task.summary(*self.best))
             self.logger.info("checkpoint: %s | log: %s | stats: %s | results: %s", self.checkpoint_path,
@@ -181,8 +181,9 @@ class EvalRunner:
             with self.precision.autocast():
                 logits = task.forward(batch.images)
             loss = F.cross_entropy(logits.float(), batch.targets)
-            if not math.isfinite(loss.item()):
-                raise TrainingDiverged(f"loss is {loss.item()} at iteration {iteration} (epoch {epoch}); the last "
+            if distributed.any_rank(~torch.isfinite(loss.detach())):  # every rank stops (DDP's all-reduce)
+                what = loss.item() if not math.isfinite(loss.item()) else "not finite on another rank"
+                raise TrainingDiverged(f"loss is {what} at iteration {iteration} (epoch {epoch}); the last "
                                        f"checkpoint is in {args.output_dir}")
             task.optimizer.zero_grad()
             scaler = self.precision.scaler
