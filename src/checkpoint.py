@@ -177,6 +177,29 @@ def _as_checkpoint(source: CheckpointSource, flag: str | None) -> tuple[dict, st
     return read_checkpoint(source, flag=flag), _describe(source, flag)
 
 
+@contextlib.contextmanager
+def resuming_into(path: PathLike, checkpoint: Mapping, method_name: str, run_args: dict[str, Any]) -> Iterator[None]:
+    """Load a run's own ``checkpoint`` into this run's networks inside the block; a checkpoint of another method,
+    or one whose shapes/keys/parameter groups do not fit (other network flags), raises one CheckpointError naming
+    the flags that differ and the first mismatch, instead of load_state_dict's list of every key."""
+    saved_method = checkpoint.get("method_name", method_name)
+    if saved_method != method_name:
+        raise CheckpointError(f"{os.fspath(path)} is a checkpoint of {saved_method}, not {method_name}: give this "
+                              f"run another --output_dir (or resume that one with its own entry point)")
+    try:
+        yield
+    except (RuntimeError, ValueError) as error:
+        saved = checkpoint.get("args") or {}
+        ignored = {"output_dir", "epochs", "stop_after_epochs", "time_budget_min", "eval_every_min", "rank",
+                   "world_size", "local_rank", "dist_url"}
+        differ = sorted(k for k in saved if k in run_args and k not in ignored and saved[k] != run_args[k])
+        detail = next((line.strip() for line in str(error).splitlines()[1:] if line.strip()), str(error).strip())
+        flags = f"flags that differ: {', '.join('--' + k for k in differ[:8])}; " if differ else ""
+        raise CheckpointError(f"{os.fspath(path)} was written with other network flags and cannot be resumed by "
+                              f"this run ({flags}first mismatch: {detail[:200]}); resume with the flags it was "
+                              f"written with, or give this run another --output_dir") from error
+
+
 # --------------------------------------------------------------------------------------------------------------
 # writing
 # --------------------------------------------------------------------------------------------------------------

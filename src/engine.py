@@ -1,11 +1,8 @@
-"""The one training loop of Suave and Daino: set-up (distributed, data, method, DDP), the epoch loop, validation
-and checkpoint/resume. A method plugs in through ``src.method.Method``; one step is ``src.train_step.TrainStep``;
-the bookkeeping around the loop (time budget, timed evaluations, --stop_after_epochs, stats table, wandb) are
-the hooks of ``src.run_hooks``.
-
-Follows the released ``train``/``train_one_epoch`` functions (SwAV/DINO lineage): an epoch loop over the
-unlabelled data with validation after each epoch and one checkpoint per epoch, restored automatically (the
-step's precision, schedules and clipping are ``src.train_step``'s).
+"""The one training loop of Suave, Daino and FixMatch: set-up (distributed, data, method, DDP), the epoch loop,
+validation and checkpoint/resume. A method plugs in through ``src.method.Method``; one step is
+``src.train_step.TrainStep``; the bookkeeping around the loop (time budget, timed evaluations,
+--stop_after_epochs, stats table, wandb) are the hooks of ``src.run_hooks``. Follows the released
+``train``/``train_one_epoch`` (SwAV/DINO lineage): validation and one checkpoint per epoch, restored automatically.
 """
 from __future__ import annotations
 
@@ -20,10 +17,10 @@ from torch import nn
 
 from src import distributed, perf
 from src.atomic_io import write_json_atomic
-from src.checkpoint import LAYOUT_VERSION, checkpoint_networks, copy_snapshot, read_checkpoint, save_checkpoint_atomic
+from src.checkpoint import (LAYOUT_VERSION, checkpoint_networks, copy_snapshot, read_checkpoint, resuming_into,
+                            save_checkpoint_atomic)
 from src.data.bad_images import BadImageTracker
 from src.data_setup import DataBundle, DataConfig, build_data
-from src.errors import UserError
 from src.logging_utils import MetricLogger, Stopwatch, format_seconds, setup_logging
 from src.method import Method, Schedules
 from src.metrics import correct_topk
@@ -98,10 +95,7 @@ class Trainer:
             self.logger.info("no checkpoint in %s: starting from scratch", self.args.output_dir)
             return False
         ckpt = read_checkpoint(self.checkpoint_path)
-        if ckpt.get("method_name", self.method.name) != self.method.name:
-            raise UserError(f"{self.checkpoint_path} is a checkpoint of {ckpt['method_name']}, not {self.method.name}: "
-                            f"give this run another --output_dir (or resume that one with its own entry point)")
-        try:
+        with resuming_into(self.checkpoint_path, ckpt, self.method.name, plain_args(self.args)):
             self.method.student.load_state_dict(ckpt["student"])
             networks = checkpoint_networks(ckpt)  # the contract's names, or where layout 1 kept them
             for name, network in self.method.kept_networks().items():
@@ -109,8 +103,6 @@ class Trainer:
                     network.load_state_dict(networks[name])
             self.method.load_state_dict(ckpt.get("method", {}))
             self.optimizer.load_state_dict(ckpt["optimizer"])
-        except (RuntimeError, ValueError) as exc:  # shapes / keys / parameter groups of other network flags
-            raise UserError(self._mismatch_message(ckpt, exc)) from exc
         if self.precision.scaler is not None and ckpt.get("scaler"):
             self.precision.scaler.load_state_dict(ckpt["scaler"])
         if self.data.lab_loader is not None and ckpt.get("lab_loader"):
@@ -123,18 +115,6 @@ class Trainer:
         self.logger.info("resumed from %s: epoch %d, iteration %d", self.checkpoint_path, self.state.epoch,
                          self.state.iteration)
         return True
-
-    def _mismatch_message(self, ckpt: dict[str, Any], exc: Exception) -> str:
-        """One line: the checkpoint does not fit this run's networks, the flags that differ, the first mismatch."""
-        saved, now = ckpt.get("args") or {}, plain_args(self.args)
-        ignored = {"output_dir", "epochs", "stop_after_epochs", "time_budget_min", "eval_every_min", "rank",
-                   "world_size", "local_rank", "dist_url"}
-        differ = sorted(k for k in saved if k in now and k not in ignored and saved[k] != now[k])
-        detail = next((line.strip() for line in str(exc).splitlines()[1:] if line.strip()), str(exc).strip())
-        flags = f"flags that differ: {', '.join('--' + k for k in differ[:8])}; " if differ else ""
-        return (f"{self.checkpoint_path} was written with other network flags and cannot be resumed by this run "
-                f"({flags}first mismatch: {detail[:200]}); resume with the flags it was written with, or give this "
-                f"run another --output_dir")
 
     # ------------------------------------------------------------------------------------------- loop
     def fit(self) -> dict[str, Any]:
