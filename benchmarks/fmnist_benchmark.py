@@ -267,12 +267,12 @@ def end_accuracy(stages: list[Stage]) -> float | None:
 
 def table_row(name: str, stages: list[Stage], curve: list[tuple[float, float]], *, labels_perc: str,
               labelled_list: str, budget_min: float, eval_every_min: float, seed: int) -> dict:
-    """One row of results.csv / results.md (accuracies in %, one decimal; the gain column is added by
+    """One row of results.csv / results.md (accuracies in %, one decimal; the gain column is set by
     ``add_gains``)."""
     return {"run": name, "method": LABELS[name], "labels": f"{labels_perc}%", "labelled_list": labelled_list,
             **{f"top1_{t}min": fmt(accuracy_at(curve, t, 0.2 * eval_every_min)) for t in TIME_POINTS_MIN
                if t <= budget_min + 1e-9},
-            "top1_end": fmt(end_accuracy(stages)),
+            "top1_end": fmt(end_accuracy(stages)), GAIN: "—",
             "epochs": "+".join(str(s.results.get("epochs_completed", "?")) for s in stages),
             "iterations": "+".join(str(s.results.get("iterations", "?")) for s in stages),
             "images_per_s": "+".join(fmt(s.img_s, 0) for s in stages),
@@ -282,16 +282,13 @@ def table_row(name: str, stages: list[Stage], curve: list[tuple[float, float]], 
 
 
 def add_gains(rows: list[dict], ends: dict[str, float | None]) -> None:
-    """Set each row's ``gain_vs_strongest_supervised`` (placed after ``top1_end``): a semi-supervised row's end
-    accuracy minus the strongest supervised row's, from the unrounded results (points, one decimal); "—" for the
-    supervised rows and when either accuracy is missing."""
+    """Set each row's ``gain_vs_strongest_supervised``: a semi-supervised row's end accuracy minus the strongest
+    supervised row's, from the unrounded results (points, one decimal); "—" for the supervised rows and when
+    either accuracy is missing."""
     base = ends.get(BASELINE)
-    for i, row in enumerate(rows):
+    for row in rows:
         end = ends.get(row["run"])
-        gain = "—" if row["run"] in SUPERVISED or end is None or base is None else f"{end - base:+.1f}"
-        items = [(k, v) for k, v in row.items() if k != GAIN]
-        at = [k for k, _ in items].index("top1_end") + 1
-        rows[i] = dict(items[:at] + [(GAIN, gain)] + items[at:])
+        row[GAIN] = "—" if row["run"] in SUPERVISED or end is None or base is None else f"{end - base:+.1f}"
 
 
 def default_out(labels_perc: str, split_seed: int | None) -> Path:

@@ -134,6 +134,11 @@ def all_reduce_max(tensor: torch.Tensor) -> torch.Tensor:
     return _all_reduce(tensor, dist.ReduceOp.MAX)
 
 
+def all_reduce_min(tensor: torch.Tensor) -> torch.Tensor:
+    """Minimum over ranks in place (no-op in a single process; CPU tensors work under NCCL); returns it."""
+    return _all_reduce(tensor, dist.ReduceOp.MIN)
+
+
 def any_rank(flag: torch.Tensor) -> bool:
     """Whether ``flag`` (one boolean or number, on any device) is true on some rank: collective, one host sync.
     For decisions every rank must take together (stopping before a collective that the others would wait in)."""

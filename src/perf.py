@@ -73,8 +73,6 @@ class FiniteCheck:
         if self.first_bad is None:
             return None
         never = torch.iinfo(torch.long).max
-        earliest = torch.where(self.first_bad >= 0, self.first_bad, torch.full_like(self.first_bad, never))
-        negated = (-earliest).reshape(1)
-        distributed.all_reduce_max(negated)  # the minimum over the ranks
-        value = -int(negated.item())
+        earliest = torch.where(self.first_bad >= 0, self.first_bad, torch.full_like(self.first_bad, never)).reshape(1)
+        value = int(distributed.all_reduce_min(earliest).item())
         return value if value != never else None
