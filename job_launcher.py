@@ -27,10 +27,11 @@ from src.errors import UserError
 def at_least(low: float, kind: type = int, high: float | None = None) -> Callable[[str], Any]:
     """An argparse type: a ``kind`` number from ``low`` (to ``high``)."""
     def number(text: str) -> Any:
-        if not low <= kind(text) <= (high or kind(text)):
+        value = kind(text)
+        if not low <= value <= (high or value):
             raise argparse.ArgumentTypeError(f"must be at least {low:g}{f' and at most {high}' * bool(high)}, "
                                              f"not {text}")
-        return kind(text)
+        return value
     number.__name__ = kind.__name__  # argparse's "invalid int value"
     return number
 

@@ -56,6 +56,7 @@ class Plan:
     slurm_params: dict[str, Any] | None = None  # None: a local run
     code_snapshot: str | None = None  # Slurm: <experiment>/code, where jobs run from (None outside a git checkout)
     trainer: SlurmTrainer | None = None  # Slurm: what each task runs
+    sbatch_preview: str = ""  # Slurm: the job's #SBATCH lines and set-up (submitit adds its log paths and srun line)
 
 
 def plan(opts: dict[str, Any], explicit: set[str], overrides: list[str], entry_root: str, argv: list[str]) -> Plan:
@@ -77,6 +78,8 @@ def plan(opts: dict[str, Any], explicit: set[str], overrides: list[str], entry_r
         job_root = plan.code_snapshot if plan.code_snapshot and entry_root == CODE_ROOT else entry_root
         plan.slurm_params = job_parameters(launch, job_root, [plan.code_snapshot or CODE_ROOT, job_root])
         plan.trainer = SlurmTrainer(job_root, module, flatten(flags), port)
+        plan.sbatch_preview = "".join(f"#SBATCH {option}\n" for option in sbatch_options(plan.slurm_params)) + \
+            "\n".join(plan.slurm_params["setup"]) + "\n"
         if not plan.dry_run:
             check_cluster(plan.slurm_params)
             check_job_inputs(record["train_args"])
@@ -105,8 +108,7 @@ def _new(opts: dict[str, Any], overrides: list[str], entry_root: str, argv: list
         raise UserError(f"experiment directory {experiment_dir} already exists and is not empty: continue it with "
                         f"--resume {experiment_dir} or choose another --name/--experiment_dir")
     override_flags = group_flags(overrides, "the overrides after --")
-    ours = next((flag.name for flag in override_flags if flag.name in LAUNCHER_FLAGS), None)
-    if ours:
+    if ours := next((flag.name for flag in override_flags if flag.name in LAUNCHER_FLAGS), None):
         raise UserError(f"{ours} is set by the launcher: use {LAUNCHER_FLAGS[ours]} instead of -- {ours}")
     flags = [flag for flag in script.flags if flag.name not in LAUNCHER_FLAGS]
     if opts["num_gpus"] == 0:
@@ -122,7 +124,7 @@ def _new(opts: dict[str, Any], overrides: list[str], entry_root: str, argv: list
 
 def _resumed(opts: dict[str, Any], explicit: set[str], overrides: list[str]) -> tuple[dict, list[Flag]]:
     """``--resume DIR``: the recorded experiment's record (with new resources at most) and flags."""
-    path = os.path.join(os.path.abspath(os.path.expanduser(opts["resume"])), records.ARGS_FILE)
+    path = os.path.join(os.path.abspath(os.path.expanduser(opts["resume"])), "args.json")
     if not os.path.isfile(path):
         raise UserError(f"--resume {os.path.dirname(path)}: not an experiment directory of job_launcher.py "
                         "(no args.json)")
@@ -174,7 +176,8 @@ def check_cluster(params: dict[str, Any]) -> None:
     clock = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", limit.stdout.strip()) if limit else None  # [D-][H:]M:S
     if clock and params["time"] > (most := sum(int(n or 0) * k for n, k in zip(clock.groups(), (1440, 60, 1, 1 / 60)))):
         raise UserError(f"partition {partition[1]} allows jobs of {most:g} minutes at most, this one asks for "
-                        f"{params['time']} (--hours): lower --hours (requeues continue a longer run) or --partition")
+                        f"{params['time']} (--hours): lower --hours (requeues continue a longer run) or use another "
+                        "--partition")
 
 
 def check_job_inputs(args: dict[str, Any]) -> None:
@@ -240,29 +243,23 @@ def command_text(plan: Plan) -> str:
             f"{shlex.quote(cwd)}\nexec " + " \\\n    ".join(" ".join(map(shlex.quote, line)) for line in lines) + "\n")
 
 
-def _sbatch_preview(params: dict[str, Any]) -> str:
-    """For --dry_run: the job's #SBATCH lines and set-up (submitit adds its log paths and srun line)."""
-    return "".join(f"#SBATCH {option}\n" for option in sbatch_options(params)) + "\n".join(params["setup"]) + "\n"
-
-
 def _write_records(plan: Plan, folder: str) -> None:
     """args.json, command.sh; a new experiment's recipe copy and env.json; a dry Slurm run's #SBATCH preview."""
     if not plan.resume:
         shutil.copy2(plan.record["script_file"], os.path.join(folder, os.path.basename(plan.record["script_file"])))
-        write_json_atomic(os.path.join(folder, records.ENV_FILE), records.environment_record(CODE_ROOT), default=str)
+        write_json_atomic(os.path.join(folder, "env.json"), records.environment_record(CODE_ROOT), default=str)
     if plan.dry_run and plan.slurm_params:
-        write_text_atomic(os.path.join(folder, "slurm", "dry_run_submission.sh"),
-                          _sbatch_preview(plan.slurm_params), parents=True)
+        write_text_atomic(os.path.join(folder, "slurm", "dry_run_submission.sh"), plan.sbatch_preview, parents=True)
     updated = datetime.datetime.now().astimezone().isoformat()
-    write_json_atomic(os.path.join(folder, records.ARGS_FILE), plan.record | {"updated": updated}, default=str)
-    write_text_atomic(os.path.join(folder, records.COMMAND_FILE), command_text(plan), mode=0o755)
+    write_json_atomic(os.path.join(folder, "args.json"), plan.record | {"updated": updated}, default=str)
+    write_text_atomic(os.path.join(folder, "command.sh"), command_text(plan), mode=0o755)
 
 
 def _log_launch(plan: Plan, **details: Any) -> None:
     """A launches.jsonl line: how this launch was made, with what code, and what it started."""
     line = {"time": datetime.datetime.now().astimezone().isoformat(), "mode": plan.record["launcher"]["mode"],
             "resume": plan.resume, "argv": plan.argv, "git_commit": records.git(CODE_ROOT, "rev-parse", "HEAD")}
-    with open(os.path.join(plan.record["experiment_dir"], records.LAUNCHES_FILE), "a", encoding="utf-8") as handle:
+    with open(os.path.join(plan.record["experiment_dir"], "launches.jsonl"), "a", encoding="utf-8") as handle:
         handle.write(json.dumps(line | details, default=str) + "\n")
 
 
@@ -270,8 +267,8 @@ def execute(plan: Plan) -> int:
     """Write the records (a new experiment's all or nothing, a dry resume's none), then start unless a dry run."""
     exp, opts, params = plan.record["experiment_dir"], plan.record["launcher"], plan.slurm_params
     found = os.path.isfile(os.path.join(exp, "checkpoint.pth"))
-    print(f"Experiment directory: {exp}" if not plan.resume else f"Resuming {exp}: "
-          + ("checkpoint.pth found, training continues from it" if found else "checkpoint.pth not there yet"))
+    print(f"Experiment directory: {exp}" if not plan.resume else f"Resuming {exp}: checkpoint.pth " + (
+        "found, training continues from it" if found else "not there yet, training starts from the beginning"))
     if not plan.resume:
         with records.staged_directory(exp) as staging:
             _write_records(plan, staging)
@@ -280,16 +277,15 @@ def execute(plan: Plan) -> int:
     if plan.dry_run:
         if not plan.resume:
             _log_launch(plan, dry_run=True)
-        print(f"--- {records.COMMAND_FILE} ---\n{command_text(plan)}", end="")
+        print(f"--- command.sh ---\n{command_text(plan)}", end="")
         if params:
-            print(f"--- sbatch parameters (submitit adds its log paths and srun line) ---\n{_sbatch_preview(params)}",
-                  end="")
+            print(f"--- sbatch parameters (submitit adds its log paths, srun line) ---\n{plan.sbatch_preview}", end="")
         start = f"{sys.executable} {os.path.join(CODE_ROOT, 'job_launcher.py')} --resume {exp}"
         print("Dry run: nothing started." + ("" if plan.resume else f" Start it with: {start}"))
         return 0
     if not params:
         _log_launch(plan, command=plan.program + flatten(plan.flags))
-        print(f"Command: {os.path.join(exp, records.COMMAND_FILE)}", flush=True)
+        print(f"Command: {os.path.join(exp, 'command.sh')}", flush=True)
         try:
             code = subprocess.call(plan.program + flatten(plan.flags), cwd=plan.entry_root)  # output, code pass on
         except KeyboardInterrupt:

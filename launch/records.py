@@ -15,9 +15,6 @@ from typing import Any, Iterator
 
 from src.errors import UserError
 
-ARGS_FILE, ENV_FILE, COMMAND_FILE, LAUNCHES_FILE = "args.json", "env.json", "command.sh", "launches.jsonl"
-
-
 @contextlib.contextmanager
 def staged_directory(final: str) -> Iterator[str]:
     """Yield a hidden folder beside ``final`` that becomes ``final`` on success and is removed on any error."""

@@ -164,7 +164,7 @@ def test_submissions_no_node_can_run_or_with_broken_inputs_are_refused(slurm, in
         (["--partition", "gpu"], [], "Slurm cannot run this job in partition gpu: invalid partition specified: gpu; "
          f"Invalid partition name specified ({asks.format(1, 2, 1, '2GB')} --partition=gpu): {fix}"),
         (["--partition", "short"], [], "partition short allows jobs of 10 minutes at most, this one asks for 4800 "
-                                       "(--hours): lower --hours (requeues continue a longer run) or choose another "
+                                       "(--hours): lower --hours (requeues continue a longer run) or use another "
                                        "--partition"),
         (["--cpus_per_task", "10", "--mem_gb", "40", "--tasks_per_node", "1"], [],  # the launcher's defaults
          f"{unfit} ({asks.format(1, 1, 10, '40GB')}): {fix}"),
