@@ -77,7 +77,7 @@ def plan(opts: dict[str, Any], explicit: set[str], overrides: list[str], entry_r
             plan.code_snapshot = os.path.join(record["experiment_dir"], "code")
         job_root = plan.code_snapshot if plan.code_snapshot and entry_root == CODE_ROOT else entry_root
         plan.slurm_params = job_parameters(launch, job_root, [plan.code_snapshot or CODE_ROOT, job_root])
-        plan.trainer = SlurmTrainer(job_root, module, flatten(flags), port)
+        plan.trainer = SlurmTrainer(module, flatten(flags), port)
         plan.sbatch_preview = "".join(f"#SBATCH {option}\n" for option in sbatch_options(plan.slurm_params)) + \
             "\n".join(plan.slurm_params["setup"]) + "\n"
         if not plan.dry_run:
@@ -210,8 +210,7 @@ def check_job_inputs(args: dict[str, Any]) -> None:
 class SlurmTrainer:
     """The callable every Slurm task runs (pickled by submitit); requeues itself on timeout or preemption."""
 
-    entry_root: str
-    entry_module: str
+    entry_module: str  # imported from the job's working directory (PYTHONPATH)
     train_flags: list[str]
     master_port: int | None = None
 

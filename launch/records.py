@@ -15,6 +15,7 @@ from typing import Any, Iterator
 
 from src.errors import UserError
 
+
 @contextlib.contextmanager
 def staged_directory(final: str) -> Iterator[str]:
     """Yield a hidden folder beside ``final`` that becomes ``final`` on success and is removed on any error."""
