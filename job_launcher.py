@@ -17,17 +17,28 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Any, Callable
 
 from launch.launcher import CODE_ROOT, ENTRIES, RESUME_ADJUSTABLE, execute, plan
 from launch.script_file import StrictParser
 from src.errors import UserError
 
 
-def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
-    """The launcher's flags (the release's, plus resources, --dry_run and --resume).
+def at_least(low: float, kind: type = int, high: float | None = None) -> Callable[[str], Any]:
+    """An argparse type: a ``kind`` number from ``low`` (to ``high``)."""
+    def number(text: str) -> Any:
+        value = kind(text)
+        if not low <= value <= (high or value):
+            raise argparse.ArgumentTypeError(f"must be at least {low:g}{f' and at most {high}' * bool(high)}, "
+                                             f"not {text}")
+        return value
+    number.__name__ = kind.__name__  # argparse's "invalid int value"
+    return number
 
-    ``suppress_defaults`` leaves unset options out of the namespace (to see which ones were given).
-    """
+
+def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
+    """The launcher's flags (the release's, plus resources, --dry_run and --resume); ``suppress_defaults`` leaves
+    unset options out of the namespace (to see which ones were given)."""
     parser = StrictParser(prog="job_launcher.py", description=__doc__.split("\n\n")[0], allow_abbrev=False,
                      usage="%(prog)s [options] [-- recipe flags to replace or add]")
 
@@ -44,20 +55,21 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     add("--experiment_dir", type=str, help="experiment directory, relative to --base_experiment_dir "
                                            "(<timestamp>-<name>)")
     add("--mode", default="local", choices=["local", "slurm"], help="run here or submit to Slurm (local)")
-    add("--num_gpus", default=2, type=int, help="GPUs per node, one process each; 0: one CPU process (2)")
-    add("--num_nodes", default=1, type=int, help="nodes; more than one needs --mode slurm (1)")
+    add("--num_gpus", default=2, type=at_least(0), help="GPUs per node, one process each; 0: one CPU process (2)")
+    add("--num_nodes", default=1, type=at_least(1), help="nodes; more than one needs --mode slurm (1)")
     add("--tasks_per_node", type=int, help="Slurm tasks per node with --num_gpus 0: CPU processes (gloo) "
                                            "(1; with GPUs one task per GPU)")
-    add("--hours", default=80.0, type=float, help="Slurm time limit in hours, submitted as minutes (80)")
-    add("--master_port", type=int, help="rendezvous port (local: a free one; Slurm: 10000 + the job id's "
-                                        "last 4 digits)")
+    add("--hours", default=80.0, type=at_least(1 / 60, float),
+        help="Slurm time limit in hours, submitted as minutes (80)")
+    add("--master_port", type=at_least(1, int, 65535),
+        help="rendezvous port (local: a free one; Slurm: 10000 + the job id's last 4 digits)")
     add("--partition", "--host", dest="partition", type=str,
         help="Slurm partition; --host is the release's name (the cluster's default partition)")
     add("--account", type=str, help="Slurm account")
     add("--qos", type=str, help="Slurm quality of service")
     add("--constraint", type=str, help="Slurm node constraint, e.g. volta32gb")
-    add("--cpus_per_task", default=10, type=int, help="Slurm CPUs per task, i.e. per GPU (10)")
-    add("--mem_gb", type=float, help="Slurm memory per node in GB (40 per GPU)")
+    add("--cpus_per_task", default=10, type=at_least(1), help="Slurm CPUs per task, i.e. per GPU (10)")
+    add("--mem_gb", type=at_least(1 / 1024, float), help="Slurm memory per node in GB (40 per GPU)")
     add("--dry_run", default=False, action="store_true", help="write and print everything, start nothing")
     add("--resume", type=str, metavar="EXPERIMENT_DIR",
         help="start an existing experiment again (it resumes from its checkpoint.pth); only resources "
@@ -67,10 +79,8 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
 
 def split_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
     """Launcher flags before the first ``--``, recipe overrides after it."""
-    if "--" in argv:
-        index = argv.index("--")
-        return argv[:index], argv[index + 1:]
-    return argv, []
+    index = argv.index("--") if "--" in argv else len(argv)
+    return argv[:index], argv[index + 1:]
 
 
 def main(argv: list[str] | None = None, entry_root: str | None = None) -> int:

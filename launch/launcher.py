@@ -1,30 +1,38 @@
 """The launch: every check first (``plan``: nothing is written before all pass), then the experiment directory and
-the start (``execute``): one process, torchrun, or a Slurm job through submitit."""
+the start (``execute``): one process, torchrun, or a Slurm job through submitit as DINO's ``run_with_submitit.py``
+(at USR2, ``--signal=USR2@120`` or ``scancel --signal=USR2 JOBID``, the job requeues and resumes from checkpoint)."""
 from __future__ import annotations
 
-import argparse
+import contextlib
+import datetime
+import importlib
+import io
 import json
+import netrc
 import os
+import re
 import shlex
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
+from urllib.parse import urlparse
+
+import submitit
 
 from daino.args import get_args_parser as daino_parser
 from fixmatch.args import get_args_parser as fixmatch_parser
-from launch import records, slurm
-from launch.script_file import (Flag, absolutize_paths, flatten, group_flags, merge_flags, read_script_file,
-                                validate_flags)
+from launch import records
+from launch.script_file import Flag, absolutize_paths, flatten, group_flags, merge_flags, read_script_file, \
+    validate_flags
 from src.atomic_io import write_json_atomic, write_text_atomic
 from src.downstream.args import linear_args_parser, semisup_args_parser
 from src.errors import UserError
 from suave.args import get_args_parser as suave_parser
 
 CODE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# --method: the entry module it runs (main_suave.py ...) and that entry point's parser.
-ENTRIES: dict[str, tuple[str, Callable[[], argparse.ArgumentParser]]] = {
+ENTRIES: dict[str, tuple[str, Callable]] = {  # --method: the entry module it runs and that entry point's parser
     "suave": ("main_suave", suave_parser), "daino": ("main_daino", daino_parser),
     "eval_semisup": ("eval_semisup", semisup_args_parser), "eval_linear": ("eval_linear", linear_args_parser),
     "fixmatch": ("main_fixmatch", fixmatch_parser)}
@@ -32,9 +40,6 @@ ENTRIES: dict[str, tuple[str, Callable[[], argparse.ArgumentParser]]] = {
 LAUNCHER_FLAGS = {"--data_path": "--data_dir", "--output_dir": "--experiment_dir/--name"}
 # Launcher options a --resume may change (with --dry_run): resources only, never what defines the experiment.
 RESUME_ADJUSTABLE = ("hours", "partition", "account", "qos", "constraint", "cpus_per_task", "mem_gb", "master_port")
-RECORDED_OPTIONS = ("name", "mode", "method", "num_gpus", "num_nodes", "tasks_per_node", "hours", "data_dir",
-                    "base_experiment_dir", "partition", "account", "qos", "constraint", "cpus_per_task", "mem_gb",
-                    "master_port")
 
 
 @dataclass
@@ -42,106 +47,87 @@ class Plan:
     """Everything checked and resolved; ``execute`` only writes and starts. ``record`` is args.json."""
 
     record: dict[str, Any]
-    experiment_dir: str
-    entry_root: str  # where main_suave.py ... run from: the checkout (tests point it elsewhere)
     flags: list[Flag]
+    program: list[str]  # python, or torchrun for several GPUs, and the entry script
+    entry_root: str  # where main_suave.py ... run from: the checkout (tests point it elsewhere)
     resume: bool
     dry_run: bool
     argv: list[str]  # this launch's (a resume's own)
     slurm_params: dict[str, Any] | None = None  # None: a local run
     code_snapshot: str | None = None  # Slurm: <experiment>/code, where jobs run from (None outside a git checkout)
-    job_root: str = ""  # Slurm: where the tasks start (the snapshot; entry_root when tests point it elsewhere)
-
-    @property
-    def program(self) -> list[str]:
-        """python (or torchrun for several GPUs: a free port, or a static rendezvous at --master_port), the entry."""
-        gpus, port = self.record["launcher"]["num_gpus"], self.record["launcher"]["master_port"]
-        rendezvous = ["--standalone"] if port is None else ["--nnodes", "1", "--master_addr", "127.0.0.1",
-                                                            "--master_port", str(port)]
-        torchrun = ["-m", "torch.distributed.run", *rendezvous, "--nproc_per_node", str(gpus)] if gpus > 1 else []
-        return [sys.executable, *torchrun, self.record["entry_script"]]
+    trainer: SlurmTrainer | None = None  # Slurm: what each task runs
+    sbatch_preview: str = ""  # Slurm: the job's #SBATCH lines and set-up (submitit adds its log paths and srun line)
 
 
-def _check_options(opts: dict[str, Any]) -> None:
-    for key, low, high in (("num_gpus", 0, None), ("num_nodes", 1, None), ("cpus_per_task", 1, None),
-                           ("master_port", 1, 65535), ("hours", 1 / 60, None), ("mem_gb", 1 / 1024, None)):
-        if opts[key] is not None and not low <= opts[key] <= (high or opts[key]):
-            raise UserError(f"--{key} must be at least {low:g}{f' and at most {high}' if high else ''}, "
-                            f"not {opts[key]}")
+def plan(opts: dict[str, Any], explicit: set[str], overrides: list[str], entry_root: str, argv: list[str]) -> Plan:
+    """Check and resolve a launch (new or ``--resume``; ``explicit``: the options given), for Slurm with its inputs."""
+    record, flags = _resumed(opts, explicit, overrides) if opts["resume"] else _new(opts, overrides, entry_root, argv)
+    launch, (module, get_parser) = record["launcher"], ENTRIES[record["launcher"]["method"]]
+    namespace = validate_flags(get_parser, flags, module + ".py")
+    record.update(entry_script=os.path.join(entry_root, module + ".py"),
+                  train_args=json.loads(json.dumps(vars(namespace), default=str)))
+    gpus, port = launch["num_gpus"], launch["master_port"]  # torchrun: a free port, or a static rendezvous at port
+    rendezvous = ["--standalone"] if port is None else ["--nnodes", "1", "--master_addr", "127.0.0.1",
+                                                        "--master_port", str(port)]
+    torchrun = ["-m", "torch.distributed.run", *rendezvous, "--nproc_per_node", str(gpus)] if gpus > 1 else []
+    plan = Plan(record, flags, [sys.executable, *torchrun, record["entry_script"]], entry_root,
+                bool(opts["resume"]), opts["dry_run"], argv)
+    if launch["mode"] == "slurm":
+        if records.git(CODE_ROOT, "rev-parse", "--show-toplevel") == CODE_ROOT:
+            plan.code_snapshot = os.path.join(record["experiment_dir"], "code")
+        job_root = plan.code_snapshot if plan.code_snapshot and entry_root == CODE_ROOT else entry_root
+        plan.slurm_params = job_parameters(launch, job_root, [plan.code_snapshot or CODE_ROOT, job_root])
+        plan.trainer = SlurmTrainer(module, flatten(flags), port)
+        plan.sbatch_preview = "".join(f"#SBATCH {option}\n" for option in sbatch_options(plan.slurm_params)) + \
+            "\n".join(plan.slurm_params["setup"]) + "\n"
+        if not plan.dry_run:
+            check_cluster(plan.slurm_params)
+            check_job_inputs(record["train_args"])
+    return plan
+
+
+def _new(opts: dict[str, Any], overrides: list[str], entry_root: str, argv: list[str]) -> tuple[dict, list[Flag]]:
+    """A new experiment's record and flags: recipe < --device cpu (--num_gpus 0) < overrides < the launcher's."""
+    opts = dict(opts, name=opts["name"] or opts["method"], data_dir=os.path.abspath(os.path.expanduser(
+        opts["data_dir"])), base_experiment_dir=os.path.abspath(os.path.expanduser(opts["base_experiment_dir"])))
+    method, module, tasks = opts["method"], ENTRIES[opts["method"]][0], opts["tasks_per_node"]
     if opts["mode"] == "local" and opts["num_nodes"] > 1:
         raise UserError(f"--num_nodes {opts['num_nodes']} needs --mode slurm: local mode runs on this machine only")
-    tasks = opts.get("tasks_per_node")
     if tasks is not None and (opts["mode"] != "slurm" or opts["num_gpus"] > 0 or tasks < 1):
         raise UserError(f"--tasks_per_node {tasks}: only for CPU jobs (--mode slurm --num_gpus 0), at least 1; with "
                         "GPUs there is one task per GPU, locally use --num_gpus N -- --device cpu")
     if not os.path.isdir(opts["data_dir"]):
-        raise UserError(f"data directory not found: {opts['data_dir']} (give --data_dir, the folder holding train/ "
-                        "and val/)")
-
-
-def plan(opts: dict[str, Any], explicit: set[str], overrides: list[str], entry_root: str, argv: list[str]) -> Plan:
-    """Check and resolve a launch (``explicit``: the options given): a new experiment or ``--resume DIR``, its flags
-    with the entry point's own parser and, for Slurm, the cluster and the job's inputs."""
-    record, flags, experiment_dir = (_resumed(opts, explicit, overrides) if opts["resume"] else
-                                     _new(opts, overrides, entry_root, argv))
-    launch, dry_run = record["launcher"], opts["dry_run"]
-    module, get_parser = ENTRIES[launch["method"]]
-    namespace = validate_flags(get_parser, flags, module + ".py")
-    record.update(entry_script=os.path.join(entry_root, module + ".py"),
-                  train_args=json.loads(json.dumps(vars(namespace), default=str)))
-    plan = Plan(record, experiment_dir, entry_root, flags, bool(opts["resume"]), dry_run, argv)
-    if launch["mode"] == "slurm":
-        if records.git(CODE_ROOT, "rev-parse", "--show-toplevel") == CODE_ROOT:
-            plan.code_snapshot = os.path.join(experiment_dir, "code")
-        plan.job_root = plan.code_snapshot if plan.code_snapshot and entry_root == CODE_ROOT else entry_root
-        python_path = [plan.code_snapshot or CODE_ROOT, plan.job_root]
-        plan.slurm_params = slurm.prepare_job(launch, plan.job_root, python_path, dry_run)
-        if not dry_run:
-            slurm.check_job_inputs(record["train_args"])
-    return plan
-
-
-def _new(opts: dict[str, Any], overrides: list[str], entry_root: str, argv: list[str]) -> tuple[dict, list[Flag], str]:
-    """A new experiment's record, flags and directory; the flags: recipe < --device cpu (--num_gpus 0) < overrides,
-    then --data_path and --output_dir."""
-    opts = dict(opts, name=opts["name"] or opts["method"], data_dir=os.path.abspath(os.path.expanduser(
-        opts["data_dir"])), base_experiment_dir=os.path.abspath(os.path.expanduser(opts["base_experiment_dir"])))
-    method, module = opts["method"], ENTRIES[opts["method"]][0]
-    _check_options(opts)
-    if not opts["script_file"] and method.startswith("eval_"):
-        raise UserError(f"--method {method} needs --script_file, e.g. scripts/{method}*.sh")
+        raise UserError(f"data directory not found: {opts['data_dir']} (give --data_dir, the folder of train/, val/)")
     script = read_script_file(opts["script_file"] or os.path.join(entry_root, method, "scripts", "train_10perc.sh"))
     if script.entry != module + ".py":
         raise UserError(f"{script.path} runs {script.entry} but --method is {method} (which runs {module}.py): pass "
                         f"the matching --method or a {method} script")
-    name = opts["experiment_dir"] or f"{records.now().strftime('%Y_%m_%d_%H_%M_%S')}-{opts['name']}"
+    name = opts["experiment_dir"] or f"{datetime.datetime.now().strftime('%Y_%m_%d_%H_%M_%S')}-{opts['name']}"
     experiment_dir = os.path.join(opts["base_experiment_dir"], os.path.expanduser(name))
     if os.path.exists(experiment_dir) and (not os.path.isdir(experiment_dir) or os.listdir(experiment_dir)):
         raise UserError(f"experiment directory {experiment_dir} already exists and is not empty: continue it with "
                         f"--resume {experiment_dir} or choose another --name/--experiment_dir")
     override_flags = group_flags(overrides, "the overrides after --")
-    ours = next((flag.name for flag in override_flags if flag.name in LAUNCHER_FLAGS), None)
-    if ours:
+    if ours := next((flag.name for flag in override_flags if flag.name in LAUNCHER_FLAGS), None):
         raise UserError(f"{ours} is set by the launcher: use {LAUNCHER_FLAGS[ours]} instead of -- {ours}")
     flags = [flag for flag in script.flags if flag.name not in LAUNCHER_FLAGS]
     if opts["num_gpus"] == 0:
         flags = merge_flags(flags, [Flag(("--device", "cpu"), "job_launcher.py (--num_gpus 0)")])
-    flags = absolutize_paths(merge_flags(flags, override_flags), os.getcwd())
-    flags += [Flag(("--data_path", opts["data_dir"]), "job_launcher.py"),
-              Flag(("--output_dir", experiment_dir), "job_launcher.py")]
-    record = {"method": method, "experiment_dir": experiment_dir, "script_file": script.path,
-              "launcher": {k: opts[k] for k in RECORDED_OPTIONS}, "overrides": list(overrides),
-              "train_flags": flatten(flags), "launcher_argv": argv}
-    return record, flags, experiment_dir
+    flags = absolutize_paths(merge_flags(flags, override_flags), os.getcwd()) + [
+        Flag(("--data_path", opts["data_dir"]), "job_launcher.py"),
+        Flag(("--output_dir", experiment_dir), "job_launcher.py")]
+    return {"method": method, "experiment_dir": experiment_dir, "script_file": script.path,
+            "launcher": {k: v for k, v in opts.items() if k not in ("script_file", "experiment_dir", "resume",
+                                                                     "dry_run")}, "overrides": list(overrides),
+            "train_flags": flatten(flags), "launcher_argv": argv}, flags
 
 
-def _resumed(opts: dict[str, Any], explicit: set[str], overrides: list[str]) -> tuple[dict, list[Flag], str]:
-    """``--resume DIR``: the recorded experiment's record (with new resources at most), flags and directory."""
-    experiment_dir = os.path.abspath(os.path.expanduser(opts["resume"]))
-    path = os.path.join(experiment_dir, records.ARGS_FILE)
+def _resumed(opts: dict[str, Any], explicit: set[str], overrides: list[str]) -> tuple[dict, list[Flag]]:
+    """``--resume DIR``: the recorded experiment's record (with new resources at most) and flags."""
+    path = os.path.join(os.path.abspath(os.path.expanduser(opts["resume"])), "args.json")
     if not os.path.isfile(path):
-        raise UserError(f"--resume {experiment_dir}: not an experiment directory of job_launcher.py "
-                        f"(no {records.ARGS_FILE})")
+        raise UserError(f"--resume {os.path.dirname(path)}: not an experiment directory of job_launcher.py "
+                        "(no args.json)")
     fixed = sorted(explicit - {"resume", "dry_run", *RESUME_ADJUSTABLE})
     if fixed or overrides:
         what = f"--{fixed[0]} cannot change with it (see {path})" if fixed else "flags after -- cannot change it"
@@ -149,107 +135,178 @@ def _resumed(opts: dict[str, Any], explicit: set[str], overrides: list[str]) -> 
     try:
         with open(path, encoding="utf-8") as handle:
             record = json.load(handle)
-        record["launcher"] = {k: record["launcher"].get(k) if k == "tasks_per_node" else record["launcher"][k]
-                              for k in RECORDED_OPTIONS} | {k: opts[k] for k in explicit & set(RECORDED_OPTIONS)}
-        flags = group_flags(list(record["train_flags"]), path)
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        record["launcher"].update({k: opts[k] for k in explicit if k in RESUME_ADJUSTABLE})
+        return record, group_flags(list(record["train_flags"]), path)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise UserError(f"cannot read {path}: {exc}") from exc
-    _check_options(record["launcher"])
-    return record, flags, experiment_dir
+
+
+def job_parameters(opts: dict[str, Any], job_root: str, python_path: list[str]) -> dict[str, Any]:
+    """SlurmExecutor parameters: a task per GPU (or --tasks_per_node), 40 GB per GPU unless --mem_gb, as DINO."""
+    gpus, mem_gb = opts["num_gpus"], opts["mem_gb"] or 40 * max(1, opts["num_gpus"])
+    joined = ":".join(shlex.quote(p) for p in dict.fromkeys(python_path))
+    params = {"job_name": opts["name"], "time": max(1, round(60 * opts["hours"])), "nodes": opts["num_nodes"],
+              "ntasks_per_node": gpus or opts.get("tasks_per_node") or 1, "cpus_per_task": opts["cpus_per_task"],
+              "mem": f"{int(mem_gb)}GB" if mem_gb == int(mem_gb) else f"{int(mem_gb * 1024)}MB",
+              **({"gpus_per_node": gpus} if gpus > 0 else {}), "signal_delay_s": 120,
+              "setup": [f"cd {shlex.quote(job_root)}", f'export PYTHONPATH={joined}"${{PYTHONPATH:+:$PYTHONPATH}}"']}
+    return params | {key: opts[key] for key in ("partition", "account", "qos", "constraint") if opts[key]}
+
+
+def sbatch_options(params: dict[str, Any]) -> list[str]:
+    """The parameters as sbatch options (submitit's ``signal_delay_s``: ``--signal=USR2@N``)."""
+    named = {k: v for k, v in params.items() if k not in ("setup", "signal_delay_s")}
+    return [f"--{k.replace('_', '-')}={v}" for k, v in named.items()] + [f"--signal=USR2@{params['signal_delay_s']}"]
+
+
+def check_cluster(params: dict[str, Any]) -> None:
+    """Refuse what Slurm would refuse or keep pending forever: ``sbatch --test-only`` (no node fits, unknown
+    partition...), then the partition's time limit, which test-only accepts (the job would pend forever)."""
+    if shutil.which("sbatch") is None:
+        raise UserError("sbatch not found on PATH: run --mode slurm on a Slurm login node, or use --mode local")
+    where = f"partition {params['partition']}" if "partition" in params else "the cluster's default partition"
+    test = records.run_tool("sbatch", "--test-only", *sbatch_options(params), "--wrap", "true")
+    if test and test.returncode != 0:
+        reason = re.sub(r"sbatch: error: |allocation failure: ", "", "; ".join(test.stderr.strip().splitlines()))
+        raise UserError(f"Slurm cannot run this job in {where}: {reason} ({' '.join(sbatch_options(params)[1:-1])}): "
+                        "change --num_nodes/--tasks_per_node/--cpus_per_task/--mem_gb/--num_gpus/--constraint or "
+                        "--partition")
+    partition = re.search(r"in partition (\S+)", test.stderr if test else "")
+    limit = records.run_tool("sinfo", "-h", "-p", partition[1], "-o", "%l") if partition else None
+    clock = re.fullmatch(r"(?:(\d+)-)?(?:(\d+):)?(\d+):(\d+)", limit.stdout.strip()) if limit else None  # [D-][H:]M:S
+    if clock and params["time"] > (most := sum(int(n or 0) * k for n, k in zip(clock.groups(), (1440, 60, 1, 1 / 60)))):
+        raise UserError(f"partition {partition[1]} allows jobs of {most:g} minutes at most, this one asks for "
+                        f"{params['time']} (--hours): lower --hours (requeues continue a longer run) or use another "
+                        "--partition")
+
+
+def check_job_inputs(args: dict[str, Any]) -> None:
+    """The job's inputs: data folders, init checkpoints (they must load), labelled list (fetched), wandb login."""
+    from src.checkpoint import read_checkpoint
+    from src.data.subsets import resolve_subset_file
+
+    for split in ("train", "val") if "data_path" in args else ():
+        if not os.path.isdir(os.path.join(args["data_path"], split)):
+            raise UserError(f"{args['data_path']} has no {split}/ folder: --data_dir must hold train/<class>/ and "
+                            f"val/<class>/ (the job would fail at start)")
+    try:  # missing, a directory, truncated, unsafe pickle; a labelled list missing or not fetched: says which
+        for flag in [flag for flag in ("swav_init_ckpt", "dino_init_ckpt") if args.get(flag)]:
+            read_checkpoint(args[flag], f"--{flag}")
+        if "labels_perc" in args or "subset_file" in args:
+            resolve_subset_file(args["data_path"], args.get("labels_perc"), args.get("subset_file"))
+    except Exception as exc:
+        raise UserError(f"{' '.join(str(exc).split())} (checked at submission)") from None
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or ""
+    try:  # wandb logs in without asking with WANDB_API_KEY or a netrc entry for its host (wandb login)
+        login = bool(os.environ.get("WANDB_API_KEY")) or netrc.netrc(os.environ.get("NETRC")).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        login = False
+    if args.get("wandb") is True and args.get("wandb_mode", "online") == "online" and not login:
+        raise UserError("--wandb true in online mode, but no wandb credentials here (no WANDB_API_KEY, no netrc "
+                        "entry): run `wandb login` first, or add -- --wandb_mode offline (then `wandb sync`)")
+
+
+@dataclass
+class SlurmTrainer:
+    """The callable every Slurm task runs (pickled by submitit); requeues itself on timeout or preemption."""
+
+    entry_module: str  # imported from the job's working directory (PYTHONPATH)
+    train_flags: list[str]
+    master_port: int | None = None
+
+    def __call__(self) -> Any:
+        env = submitit.helpers.TorchDistributedEnvironment()  # RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR...
+        job_id = str(submitit.JobEnvironment().job_id).split("_")[0]  # the release's rule: 10000 + its last 4 digits
+        env.master_port = self.master_port or 10000 + int("".join(filter(str.isdigit, job_id))[-4:] or 0)
+        env.export(set_cuda_visible_devices=False, overwrite=True)  # the engine picks the GPU by LOCAL_RANK
+        print(f"[job_launcher] task rank {env.rank}/{env.world_size} (local {env.local_rank}), "
+              f"master {env.master_addr}:{env.master_port}", flush=True)
+        module = importlib.import_module(self.entry_module)
+        return module.main(module.get_args_parser().parse_args(self.train_flags))
+
+    def checkpoint(self) -> submitit.helpers.DelayedSubmission:
+        """Called by submitit on rank 0 at USR2: requeue a fresh copy; training resumes from checkpoint.pth."""
+        print(f"[job_launcher] requeuing {self.entry_module} with the same flags", flush=True)
+        return submitit.helpers.DelayedSubmission(replace(self, train_flags=list(self.train_flags)))
 
 
 def command_text(plan: Plan) -> str:
-    """command.sh: the exact local command, or (Slurm) the command that submits this experiment again; one flag a
-    line, every word shell-quoted."""
-    opts, flag_lines = plan.record["launcher"], [flag.tokens for flag in plan.flags]
-    program, cwd = plan.program, plan.entry_root
-    comments = [f"{opts['method']}, local, {opts['num_gpus']} GPU(s): running this file again resumes from "
-                "checkpoint.pth in --output_dir"]
+    """command.sh: the exact local command (one flag a line), or for Slurm the one that submits the job again."""
+    opts, lines, cwd = plan.record["launcher"], [plan.program, *(flag.tokens for flag in plan.flags)], plan.entry_root
     if plan.slurm_params:
-        comments = [f"{opts['method']}, Slurm, {opts['num_nodes']} node(s) x {opts['num_gpus']} GPU(s): running this "
-                    "file submits the experiment again (it resumes from checkpoint.pth); each task calls "
-                    f"{os.path.basename(plan.record['entry_script'])}'s main() with:",
-                    *("    " + " ".join(tokens) for tokens in flag_lines)]
-        program, cwd, flag_lines = [sys.executable, os.path.join(CODE_ROOT, "job_launcher.py"), "--resume",
-                                    plan.experiment_dir], CODE_ROOT, []
-    lines = [" ".join(map(shlex.quote, program))] + ["    " + " ".join(map(shlex.quote, f)) for f in flag_lines]
-    header = ["#!/usr/bin/env bash", *(f"# {c}" for c in comments), "set -euo pipefail", f"cd {shlex.quote(cwd)}"]
-    return "\n".join(header) + "\nexec " + " \\\n".join(lines) + "\n"
+        lines, cwd = [[sys.executable, os.path.join(CODE_ROOT, "job_launcher.py"), "--resume",
+                       plan.record["experiment_dir"]]], CODE_ROOT
+    return (f"#!/usr/bin/env bash\n# {opts['method']}, {opts['mode']}, {opts['num_nodes']} node(s) x "
+            f"{opts['num_gpus']} GPU(s): running this file {'submits' if plan.slurm_params else 'starts'} the "
+            f"experiment again (it resumes from checkpoint.pth in --output_dir)\nset -euo pipefail\ncd "
+            f"{shlex.quote(cwd)}\nexec " + " \\\n    ".join(" ".join(map(shlex.quote, line)) for line in lines) + "\n")
 
 
 def _write_records(plan: Plan, folder: str) -> None:
-    """args.json and command.sh; for a new experiment also the recipe's copy and env.json."""
+    """args.json, command.sh; a new experiment's recipe copy and env.json; a dry Slurm run's #SBATCH preview."""
     if not plan.resume:
         shutil.copy2(plan.record["script_file"], os.path.join(folder, os.path.basename(plan.record["script_file"])))
-        write_json_atomic(os.path.join(folder, records.ENV_FILE), records.environment_record(CODE_ROOT), default=str)
-    write_json_atomic(os.path.join(folder, records.ARGS_FILE), plan.record | {"updated": records.now().isoformat()},
-                      default=str)
-    write_text_atomic(os.path.join(folder, records.COMMAND_FILE), command_text(plan), mode=0o755)
+        write_json_atomic(os.path.join(folder, "env.json"), records.environment_record(CODE_ROOT), default=str)
+    if plan.dry_run and plan.slurm_params:
+        write_text_atomic(os.path.join(folder, "slurm", "dry_run_submission.sh"), plan.sbatch_preview, parents=True)
+    updated = datetime.datetime.now().astimezone().isoformat()
+    write_json_atomic(os.path.join(folder, "args.json"), plan.record | {"updated": updated}, default=str)
+    write_text_atomic(os.path.join(folder, "command.sh"), command_text(plan), mode=0o755)
 
 
 def _log_launch(plan: Plan, **details: Any) -> None:
     """A launches.jsonl line: how this launch was made, with what code, and what it started."""
-    line = {"time": records.now().isoformat(), "mode": plan.record["launcher"]["mode"], "resume": plan.resume,
-            "argv": plan.argv, "git_commit": records.git(CODE_ROOT, "rev-parse", "HEAD"), **details}
-    with open(os.path.join(plan.experiment_dir, records.LAUNCHES_FILE), "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(line, default=str) + "\n")
+    line = {"time": datetime.datetime.now().astimezone().isoformat(), "mode": plan.record["launcher"]["mode"],
+            "resume": plan.resume, "argv": plan.argv, "git_commit": records.git(CODE_ROOT, "rev-parse", "HEAD")}
+    with open(os.path.join(plan.record["experiment_dir"], "launches.jsonl"), "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(line | details, default=str) + "\n")
 
 
 def execute(plan: Plan) -> int:
-    """Write the records (unless a dry resume), then start the run (unless a dry run); returns the exit code."""
-    print(f"{'Resuming' if plan.resume else 'Experiment directory:'} {plan.experiment_dir}")
-    checkpoint = os.path.join(plan.experiment_dir, "checkpoint.pth")
-    if plan.resume:
-        print(f"  {checkpoint} " + ("found: training continues from it" if os.path.isfile(checkpoint) else
-                                    "not there yet: training starts from the beginning"))
-    folder = os.path.join(plan.experiment_dir, "slurm")  # submitit's: submission scripts, pickles, per-task logs
-    preview = slurm.sbatch_preview(folder, plan.slurm_params) if plan.slurm_params else ""
-    if not plan.resume:  # a new experiment's records appear complete, or not at all
-        with records.staged_directory(plan.experiment_dir) as staging:
+    """Write the records (a new experiment's all or nothing, a dry resume's none), then start unless a dry run."""
+    exp, opts, params = plan.record["experiment_dir"], plan.record["launcher"], plan.slurm_params
+    found = os.path.isfile(os.path.join(exp, "checkpoint.pth"))
+    print(f"Experiment directory: {exp}" if not plan.resume else f"Resuming {exp}: checkpoint.pth " + (
+        "found, training continues from it" if found else "not there yet, training starts from the beginning"))
+    if not plan.resume:
+        with records.staged_directory(exp) as staging:
             _write_records(plan, staging)
-            if plan.dry_run and preview:
-                write_text_atomic(os.path.join(staging, "slurm", "dry_run_submission.sh"), preview, parents=True)
     elif not plan.dry_run:
-        _write_records(plan, plan.experiment_dir)
+        _write_records(plan, exp)
     if plan.dry_run:
         if not plan.resume:
             _log_launch(plan, dry_run=True)
-        print(f"--- {records.COMMAND_FILE} ---\n{command_text(plan)}", end="")
-        print(f"--- sbatch script (submitted by submitit from {folder}) ---\n{preview}" if preview else "", end="")
-        start = f"{sys.executable} {os.path.join(CODE_ROOT, 'job_launcher.py')} --resume {plan.experiment_dir}"
+        print(f"--- command.sh ---\n{command_text(plan)}", end="")
+        if params:
+            print(f"--- sbatch parameters (submitit adds its log paths, srun line) ---\n{plan.sbatch_preview}", end="")
+        start = f"{sys.executable} {os.path.join(CODE_ROOT, 'job_launcher.py')} --resume {exp}"
         print("Dry run: nothing started." + ("" if plan.resume else f" Start it with: {start}"))
         return 0
-    if plan.slurm_params:
-        return _submit(plan, folder)
-    _log_launch(plan, command=plan.program + flatten(plan.flags))
-    print(f"Command: {os.path.join(plan.experiment_dir, records.COMMAND_FILE)}", flush=True)
-    sys.stderr.flush()
-    try:
-        code = subprocess.call(plan.program + flatten(plan.flags), cwd=plan.entry_root)  # output, code pass through
-    except KeyboardInterrupt:
-        code = 130
-    if code != 0:
-        print(f"job_launcher.py: training exited with code {code}", file=sys.stderr)
-    return code
-
-
-def _submit(plan: Plan, folder: str) -> int:
-    """Snapshot the code (first submission; a resume keeps the experiment's), then sbatch through submitit."""
-    opts, snapshot, params = plan.record["launcher"], plan.code_snapshot, plan.slurm_params
-    try:
-        if snapshot and not os.path.isdir(snapshot):
-            records.snapshot_code(CODE_ROOT, snapshot)
-        module, flags = ENTRIES[opts["method"]][0], flatten(plan.flags)
-        job = slurm.submit(slurm.SlurmTrainer(plan.job_root, module, flags, opts["master_port"]), folder, params)
-    except UserError:
+    if not params:
+        _log_launch(plan, command=plan.program + flatten(plan.flags))
+        print(f"Command: {os.path.join(exp, 'command.sh')}", flush=True)
+        try:
+            code = subprocess.call(plan.program + flatten(plan.flags), cwd=plan.entry_root)  # output, code pass on
+        except KeyboardInterrupt:
+            code = 130
+        if code != 0:
+            print(f"job_launcher.py: training exited with code {code}", file=sys.stderr)
+        return code
+    try:  # the code snapshot at the first submission (a resume keeps the experiment's), then sbatch via submitit
+        if plan.code_snapshot and not os.path.isdir(plan.code_snapshot):
+            records.snapshot_code(CODE_ROOT, plan.code_snapshot)
+        executor = submitit.SlurmExecutor(folder=os.path.join(exp, "slurm"), max_num_timeout=30)  # DINO's
+        executor.update_parameters(**params)
+        with contextlib.redirect_stderr(io.StringIO()):  # submitit echoes sbatch's stderr; it is in the error
+            job = executor.submit(plan.trainer)
+    except Exception as exc:  # the snapshot's or sbatch's refusal (bad account...), with its reason
         if not plan.resume:  # a retry must not trip over a half-made run
-            shutil.rmtree(plan.experiment_dir, ignore_errors=True)
-        raise
+            shutil.rmtree(exp, ignore_errors=True)
+        raise exc if isinstance(exc, UserError) else UserError(f"sbatch failed: {' '.join(str(exc).split())[:500]}")
     _log_launch(plan, job_id=job.job_id, submission_file=str(job.paths.submission_file))
+    partition = f"partition {opts['partition']}" if opts["partition"] else "the cluster's default partition"
     print(f"Submitted job {job.job_id} ({opts['num_nodes']} node(s) x {params['ntasks_per_node']} task(s), "
-          f"{opts['num_gpus']} GPU(s) per node, {params['time']} min, partition {opts['partition']})\n"
+          f"{opts['num_gpus']} GPU(s) per node, {params['time']} min, {partition})\n"
           f"Logs: {job.paths.stdout} (stdout) and {job.paths.stderr} (stderr), one pair per task\n"
-          f"Submission script: {job.paths.submission_file}\n"
-          f"Code: {snapshot or CODE_ROOT + ' (not a git checkout: no snapshot, the job runs the folder as it is then)'}"
-          f"\nCheckpoints and training log: {plan.experiment_dir}")
+          f"Code: {plan.code_snapshot or CODE_ROOT + ' (not a git checkout: the job runs the folder as it is then)'}")
     return 0

@@ -1,6 +1,5 @@
-"""Recipes (``suave/scripts/*.sh``...: the entry point, then one flag per line with ``\\`` continuations, ``#``
-comments allowed), the flag lists built from them, and their check against the entry point's parser. The release
-joined the lines and removed every backslash; here each line is split with shell quoting rules."""
+"""Recipes (``suave/scripts/*.sh``: the entry point, then one flag a line, ``\\`` continuations, ``#`` comments; each
+line split with shell quoting, where the release dropped backslashes), flag lists and their check by the parser."""
 from __future__ import annotations
 
 import argparse
@@ -23,39 +22,24 @@ class StrictParser(argparse.ArgumentParser):
 
 
 class Flag(NamedTuple):
-    """One flag and its values as written (``tokens[0]`` is the flag), with where it came from."""
+    """One flag and its values as written (``tokens[0]`` is the flag, maybe ``--name=value``), and their source."""
 
     tokens: tuple[str, ...]
     source: str
-
-    @property
-    def name(self) -> str:
-        return self.tokens[0].split("=", 1)[0]
-
-    @property
-    def values(self) -> tuple[str, ...]:
-        return tuple(self.tokens[0].split("=", 1)[1:]) + self.tokens[1:]
+    name = property(lambda self: self.tokens[0].split("=", 1)[0])
+    values = property(lambda self: tuple(self.tokens[0].split("=", 1)[1:]) + self.tokens[1:])
 
 
-class ScriptFile(NamedTuple):
-    """A recipe: its absolute path, its entry script (``main_suave.py``...) and its flags."""
-
-    path: str
-    entry: str
-    flags: tuple[Flag, ...]
-
-
-def is_flag(token: str) -> bool:
-    """``--epochs`` or ``-x`` is a flag; ``-1`` and ``-0.5`` are values."""
-    return token.startswith("-") and len(token) > 1 and not re.fullmatch(r"-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?", token, re.I)
+ScriptFile = NamedTuple("ScriptFile", [("path", str), ("entry", str), ("flags", tuple)])  # entry: main_suave.py...
 
 
 def group_flags(tokens: list[str], source: str) -> list[Flag]:
-    """Split a token list into flags with their values; a value before any flag is an error."""
-    if tokens and not is_flag(tokens[0]):
+    """Split tokens into flags (``--epochs``, ``-x``; not ``-1``, ``-0.5``) with their values, a flag first."""
+    starts = [i for i, token in enumerate(tokens) if token.startswith("-") and len(token) > 1
+              and not re.fullmatch(r"-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?", token, re.I)]
+    if tokens and starts[:1] != [0]:
         raise UserError(f"unexpected value {tokens[0]!r} before any flag in {source} (flags look like --name value)")
-    starts = [i for i, token in enumerate(tokens) if is_flag(token)] + [len(tokens)]
-    return [Flag(tuple(tokens[a:b]), source) for a, b in zip(starts, starts[1:])]
+    return [Flag(tuple(tokens[a:b]), source) for a, b in zip(starts, starts[1:] + [len(tokens)])]
 
 
 def read_script_file(path: str) -> ScriptFile:
@@ -92,8 +76,7 @@ def flatten(flags: list[Flag]) -> list[str]:
 
 
 def absolutize_paths(flags: list[Flag], cwd: str) -> list[Flag]:
-    """Make the values of path flags (``--swav_init_ckpt ./x.pth``) absolute, relative to ``cwd``, when they name
-    something here or are written ./x, ../x, ~/x: a run started elsewhere, or on a compute node, finds them."""
+    """Make path flags' values absolute (from ``cwd``) when they exist here or start with ./, ../, ~: jobs find them."""
     def absolute(value: str) -> str:
         path = os.path.normpath(os.path.join(cwd, os.path.expanduser(value)))
         local = value and "://" not in value and not os.path.isabs(value)
@@ -106,23 +89,14 @@ def absolutize_paths(flags: list[Flag], cwd: str) -> list[Flag]:
 
 def validate_flags(get_parser: Callable[[], argparse.ArgumentParser], flags: list[Flag],
                    entry: str) -> argparse.Namespace:
-    """Parse ``flags`` exactly as the entry point will; unknown or invalid flags -> one-line UserError."""
-    def source_of(name: str) -> str:
-        return next((flag.source for flag in reversed(flags) if flag.name == name), "the flags")  # the last wins
-
+    """Parse ``flags`` as the entry point will; a bad flag is a one-line UserError naming where it came from."""
     try:
-        parser = StrictParser(prog=entry, parents=[get_parser()], add_help=False, allow_abbrev=False)
-        namespace, unknown = parser.parse_known_args(flatten(flags))
+        return StrictParser(prog=entry, parents=[get_parser()], add_help=False, allow_abbrev=False).parse_args(
+            flatten(flags))
     except UserError as exc:
-        match = re.search(r"argument (-[^\s:/]+)", str(exc))
-        raise UserError(f"{entry} rejects the flags{f' (from {source_of(match[1])})' if match else ''}: {exc}") \
-            from None
-    named = [token.split("=", 1)[0] for token in unknown if is_flag(token)]
-    if named:
-        raise UserError(f"unknown flag {named[0]} in {source_of(named[0])}: {entry} has no such flag "
-                        f"(see python {entry} --help)")
-    if unknown:
-        owner = next((flag for flag in flags if unknown[0] in flag.tokens[1:]), None)
-        detail = f" after {owner.name} in {owner.source}" if owner else ""
-        raise UserError(f"unexpected value {unknown[0]!r}{detail}: {entry} takes fewer values there")
-    return namespace
+        name = re.search(r"(argument |unrecognized arguments: )(-[^\s:/=]+)", str(exc))
+        source = next((flag.source for flag in reversed(flags) if name and flag.name == name[2]), None)
+        if name and name[1] != "argument ":
+            raise UserError(f"unknown flag {name[2]} in {source}: {entry} has no such flag (see python {entry} "
+                            "--help)") from None
+        raise UserError(f"{entry} rejects the flags{f' (from {source})' if source else ''}: {exc}") from None

@@ -328,8 +328,14 @@ def test_resume_refuses_to_change_the_experiment(extra, message, entry_root, dat
 
 # ------------------------------------------------------------------------------------------ Slurm
 FAKE_SBATCH = f'''#!{PY}
-"""Fake sbatch: keep the submission file, answer like Slurm (or fail when FAKE_SBATCH_FAIL is set)."""
+"""Fake sbatch: keep the submission file, answer like Slurm (or fail when FAKE_SBATCH_FAIL is set); --test-only
+answers as a Slurm with a default partition "debug" (or refuses with FAKE_TEST_ONLY_ERROR)."""
 import os, shutil, sys
+if "--test-only" in sys.argv:
+    partition = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--partition=")), "debug")
+    error = os.environ.get("FAKE_TEST_ONLY_ERROR")
+    sys.exit(error or print(f"sbatch: Job 4243 to start at 2024-01-01T00:00:00 using 1 processors on nodes n1 in "
+                            f"partition {{partition}}", file=sys.stderr))
 if os.environ.get("FAKE_SBATCH_FAIL"):
     sys.exit("sbatch: error: invalid partition specified: " + os.environ["FAKE_SBATCH_FAIL"])
 shutil.copy(sys.argv[-1], os.path.join(os.path.dirname(os.path.abspath(__file__)), "captured_submission.sh"))
@@ -481,7 +487,7 @@ def test_cpu_job_runs_gloo_tasks_from_a_snapshot_of_the_code(fake_slurm, entry_r
     tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split()
     assert sorted(p for p in tracked if os.path.exists(os.path.join(REPO, p))) == \
         sorted(os.path.relpath(os.path.join(d, f), code) for d, _, fs in os.walk(code) for f in fs)
-    for path in ("job_launcher.py", "launch/slurm.py"):
+    for path in ("job_launcher.py", "launch/launcher.py"):
         assert open(os.path.join(code, path)).read() == open(os.path.join(REPO, path)).read()
     assert f'export PYTHONPATH={code}:{entry_root}"' in script
     git = json.load(open(os.path.join(exp, "env.json")))["git"]
@@ -527,17 +533,15 @@ def test_slurm_resume_resubmits_with_new_resources(fake_slurm, entry_root, data_
     env_before = open(os.path.join(exp, "env.json")).read()
     flags_before = json.load(open(os.path.join(exp, "args.json")))["train_flags"]
     assert launch(["--resume", exp, "--hours", "2", "--partition", "long", "--dry_run"], entry_root) == 0
-    preview = capsys.readouterr().out.split("--- sbatch script")[1]
+    preview = capsys.readouterr().out.split("--- sbatch parameters")[1]
     assert "#SBATCH --time=120" in preview  # previewed, nothing written
     assert json.load(open(os.path.join(exp, "args.json")))["launcher"]["hours"] == 1
     assert launch(["--resume", exp, "--hours", "2", "--partition", "long"], entry_root) == 0
     script = (fake_slurm / "captured_submission.sh").read_text()
     assert "#SBATCH --time=120" in script and "#SBATCH --partition=long" in script
-    # The dry run's preview is what submitit submits: the same #SBATCH lines, setup and srun command.
-    lines = [line for line in preview.splitlines() if line.startswith(("#SBATCH", "cd ", "export PYTHONPATH", "srun"))]
-    assert sorted(lines) == sorted(line for line in script.splitlines()
-                                   if line.startswith(("#SBATCH", "cd ", "export PYTHONPATH", "srun"))
-                                   and "--open-mode" not in line and "--wckey" not in line)
+    # Every #SBATCH parameter and set-up line the dry run previews is in what submitit submits.
+    lines = [line for line in preview.splitlines() if line.startswith(("#SBATCH", "cd ", "export PYTHONPATH"))]
+    assert len(lines) == 11 and set(lines) <= set(script.splitlines())  # 9 parameters, cd and PYTHONPATH
     record = json.load(open(os.path.join(exp, "args.json")))
     assert (record["launcher"]["hours"], record["launcher"]["partition"]) == (2, "long")
     assert record["train_flags"] == flags_before
@@ -546,11 +550,10 @@ def test_slurm_resume_resubmits_with_new_resources(fake_slurm, entry_root, data_
     assert [(x["resume"], x["job_id"]) for x in launches] == [(False, "4242"), (True, "4242")]
 
 
-def test_default_partition_is_used_when_the_cluster_has_one(fake_slurm, entry_root, data_dir, recipe, base):
-    (fake_slurm / "sinfo").write_text("#!/bin/sh\nprintf 'gpu\\ndebug*\\n'\n")
-    (fake_slurm / "sinfo").chmod(0o755)
+def test_without_a_partition_slurm_chooses_its_default(fake_slurm, entry_root, data_dir, recipe, base, capsys):
     assert launch(slurm_argv(data_dir, recipe, base), entry_root) == 0
-    assert "#SBATCH --partition=debug" in (fake_slurm / "captured_submission.sh").read_text()
+    assert "--partition" not in (fake_slurm / "captured_submission.sh").read_text()
+    assert "min, the cluster's default partition)" in capsys.readouterr().out
 
 
 def test_slurm_dry_run_previews_the_sbatch_script_without_sbatch(entry_root, data_dir, recipe, base, capsys):
@@ -692,9 +695,15 @@ def test_resume_of_a_folder_that_is_no_experiment(entry_root, tmp_path, capsys):
     assert "not an experiment directory of job_launcher.py (no args.json)" in line
 
 
-def test_slurm_without_a_partition(fake_slurm, entry_root, data_dir, recipe, base, capsys):
+def test_slurm_without_a_partition_on_a_cluster_without_a_default(fake_slurm, entry_root, data_dir, recipe, base,
+                                                                  monkeypatch, capsys):
+    # What sbatch --test-only answers there (a real Slurm 22.05 cluster without Default=YES)
+    monkeypatch.setenv("FAKE_TEST_ONLY_ERROR", "allocation failure: No partition specified or system default partition")
     line = error_of(slurm_argv(data_dir, recipe, base), entry_root, capsys)
-    assert "--mode slurm needs a partition: give --partition NAME" in line
+    assert line == ("job_launcher.py: error: Slurm cannot run this job in the cluster's default partition: No partition "
+                    "specified or system default partition (--time=4800 --nodes=1 --ntasks-per-node=2 --cpus-per-task=10 "
+                    "--mem=80GB --gpus-per-node=2): change --num_nodes/--tasks_per_node/--cpus_per_task/--mem_gb/"
+                    "--num_gpus/--constraint or --partition")
     assert_nothing_written(base)
 
 

@@ -157,17 +157,23 @@ def test_submissions_no_node_can_run_or_with_broken_inputs_are_refused(slurm, in
     base = str(tmp_path / "exps")
     no_val = tmp_path / "no_val"
     (no_val / "train").mkdir(parents=True)
-    cases = [
-        (["--partition", "gpu"], [], f"partition 'gpu' not found: this cluster has {slurm.partition}, short"),
+    fix = "change --num_nodes/--tasks_per_node/--cpus_per_task/--mem_gb/--num_gpus/--constraint or --partition"
+    asks = "--time=4800 --nodes={} --ntasks-per-node={} --cpus-per-task={} --mem={}"
+    unfit = "Slurm cannot run this job in the cluster's default partition: Requested node configuration is not available"
+    cases = [  # Slurm's own answers to sbatch --test-only (Slurm 22.05), then the partition's time limit
+        (["--partition", "gpu"], [], "Slurm cannot run this job in partition gpu: invalid partition specified: gpu; "
+         f"Invalid partition name specified ({asks.format(1, 2, 1, '2GB')} --partition=gpu): {fix}"),
         (["--partition", "short"], [], "partition short allows jobs of 10 minutes at most, this one asks for 4800 "
-                                       "(--hours): lower --hours"),
+                                       "(--hours): lower --hours (requeues continue a longer run) or use another "
+                                       "--partition"),
         (["--cpus_per_task", "10", "--mem_gb", "40", "--tasks_per_node", "1"], [],  # the launcher's defaults
-         f"partition {slurm.partition} cannot run this job: it needs 1 node(s) with 1 task(s) x 10 CPU(s) = 10 "
-         f"CPUs, 40 GB and 0 GPU(s) each, but 0 of its 1 node(s) have that (its nodes have at most {slurm.cpus} "
-         f"CPUs, {slurm.memory_mb / 1024:.1f} GB, 0 GPUs)"),
-        (["--tasks_per_node", str(slurm.cpus + 1)], [], f"= {slurm.cpus + 1} CPUs"),
-        (["--num_nodes", "2"], [], "it needs 2 node(s)"),
-        (["--mem_gb", str(slurm.memory_mb // 1024 + 8)], [], "but 0 of its 1 node(s) have that"),
+         f"{unfit} ({asks.format(1, 1, 10, '40GB')}): {fix}"),
+        (["--tasks_per_node", str(slurm.cpus + 1)], [], f"{unfit} ({asks.format(1, slurm.cpus + 1, 1, '2GB')}): {fix}"),
+        (["--num_nodes", "2"], [], f"{unfit} ({asks.format(2, 2, 1, '2GB')}): {fix}"),
+        (["--mem_gb", str(slurm.memory_mb // 1024 + 8)], [],
+         f"{unfit} ({asks.format(1, 2, 1, f'{slurm.memory_mb // 1024 + 8}GB')}): {fix}"),
+        (["--constraint", "volta32gb"], [], "Slurm cannot run this job in the cluster's default partition: Invalid "
+         f"feature specification ({asks.format(1, 2, 1, '2GB')} --constraint=volta32gb): {fix}"),
         ([], ["--swav_init_ckpt", str(tmp_path / "missing.pth")],
          f"checkpoint file not found: {tmp_path / 'missing.pth'} (given by --swav_init_ckpt)"),
         (["--data_dir", str(no_val)], [], f"{no_val} has no val/ folder"),
@@ -184,6 +190,7 @@ def test_submissions_no_node_can_run_or_with_broken_inputs_are_refused(slurm, in
         lines = capsys.readouterr().err.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("job_launcher.py: error: "), lines
         assert message in lines[0], lines[0]
+        assert not message.startswith(("Slurm", "partition")) or lines[0] == "job_launcher.py: error: " + message
         assert not os.path.exists(base) or os.listdir(base) == []
     assert subprocess.run(["squeue", "-h"], capture_output=True, text=True).stdout.strip() == ""
 
