@@ -25,6 +25,7 @@ def _worker(rank: int, world: int, port: int, fn: Callable, args: tuple, out_dir
     try:
         result = fn(rank, world, *args)
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+        dist.barrier()  # no rank tears gloo down while another still talks to it (seen: SIGABRT in CI)
     finally:
         dist.destroy_process_group()
 
