@@ -159,16 +159,21 @@ def sbatch_options(params: dict[str, Any]) -> list[str]:
     return [f"--{k.replace('_', '-')}={v}" for k, v in named.items()] + [f"--signal=USR2@{params['signal_delay_s']}"]
 
 
+def partition_phrase(params: dict[str, Any]) -> str:
+    """Where the job goes, in words: ``partition NAME``, or Slurm's default when ``--partition`` is not given."""
+    return f"partition {params['partition']}" if "partition" in params else "the cluster's default partition"
+
+
 def check_cluster(params: dict[str, Any]) -> None:
     """Refuse what Slurm would refuse or keep pending forever: ``sbatch --test-only`` (no node fits, unknown
     partition...), then the partition's time limit, which test-only accepts (the job would pend forever)."""
     if shutil.which("sbatch") is None:
         raise UserError("sbatch not found on PATH: run --mode slurm on a Slurm login node, or use --mode local")
-    where = f"partition {params['partition']}" if "partition" in params else "the cluster's default partition"
     test = records.run_tool("sbatch", "--test-only", *sbatch_options(params), "--wrap", "true")
     if test and test.returncode != 0:
         reason = re.sub(r"sbatch: error: |allocation failure: ", "", "; ".join(test.stderr.strip().splitlines()))
-        raise UserError(f"Slurm cannot run this job in {where}: {reason} ({' '.join(sbatch_options(params)[1:-1])}): "
+        asked = " ".join(sbatch_options(params)[1:-1])
+        raise UserError(f"Slurm cannot run this job in {partition_phrase(params)}: {reason} ({asked}): "
                         "change --num_nodes/--tasks_per_node/--cpus_per_task/--mem_gb/--num_gpus/--constraint or "
                         "--partition")
     partition = re.search(r"in partition (\S+)", test.stderr if test else "")
@@ -304,9 +309,8 @@ def execute(plan: Plan) -> int:
             shutil.rmtree(exp, ignore_errors=True)
         raise exc if isinstance(exc, UserError) else UserError(f"sbatch failed: {' '.join(str(exc).split())[:500]}")
     _log_launch(plan, job_id=job.job_id, submission_file=str(job.paths.submission_file))
-    partition = f"partition {opts['partition']}" if opts["partition"] else "the cluster's default partition"
     print(f"Submitted job {job.job_id} ({opts['num_nodes']} node(s) x {params['ntasks_per_node']} task(s), "
-          f"{opts['num_gpus']} GPU(s) per node, {params['time']} min, {partition})\n"
+          f"{opts['num_gpus']} GPU(s) per node, {params['time']} min, {partition_phrase(params)})\n"
           f"Logs: {job.paths.stdout} (stdout) and {job.paths.stderr} (stderr), one pair per task\n"
           f"Code: {plan.code_snapshot or CODE_ROOT + ' (not a git checkout: the job runs the folder as it is then)'}")
     return 0

@@ -22,7 +22,7 @@ main_fixmatch.py \
 --momentum 0.9 \
 --nesterov true \
 --wd 5e-4 \
---ema_decay 0.999 \
+--ema_decay 0.99 \
 --use_fp16 false \
 --use_bf16 true \
 --channels_last true \
