@@ -90,6 +90,7 @@ def run_one(spec: str, data: Path, subset: Path, out: Path, opts: argparse.Names
     """One run through job_launcher.py; its row, or None (with the end of its log printed) if it failed."""
     method, pipeline, cores = spec.split(":")
     cores = int(cores)
+    workers = max(cores - 1, 1)
     recipe, flags, workers_flag = RECIPES[method]
     name = f"{method}_{pipeline}_{cores}cores"
     command = [sys.executable, "job_launcher.py", "--method", method, "--script_file", recipe,
@@ -97,7 +98,7 @@ def run_one(spec: str, data: Path, subset: Path, out: Path, opts: argparse.Names
                "--experiment_dir", name, "--",
                "--subset_file", str(subset), "--wandb", "false", "--time_budget_min", "0", "--epochs", "1",
                "--warmup_epochs", "0", "--max_iters_per_epoch", str(opts.iters), "--log_freq", "10",
-               workers_flag, str(max(cores - 1, 1)), *flags, *PIPELINES[pipeline], *extra]
+               workers_flag, str(workers), *flags, *PIPELINES[pipeline], *extra]
     available = sorted(os.sched_getaffinity(0))
     if cores > len(available):
         raise SystemExit(f"{spec}: {cores} cores asked, {len(available)} available here")
@@ -110,15 +111,17 @@ def run_one(spec: str, data: Path, subset: Path, out: Path, opts: argparse.Names
         except subprocess.TimeoutExpired:
             code = f"nothing after --timeout {opts.timeout:g} s"
     train_log = out / name / "train.log"
+    try:
+        means = steady_means(train_log, opts.skip)
+    except (OSError, RuntimeError):
+        means = None
     if code:  # a run cut short after its last iteration (validation, checkpoint) still gives its row
         print(f"{spec}: exited {code}; the end of {log}:\n  " + "\n  ".join(log.read_text().splitlines()[-8:]),
               flush=True)
-        done = train_log.is_file() and re.search(rf"\[{opts.iters}/{opts.iters}\]\s+eta", train_log.read_text())
-        if not done:
-            return None
-    means = steady_means(train_log, opts.skip)
+    if means is None or (code and means["iterations"] < opts.iters):
+        return None
     data_s, step_s = means["data_s"], means["step_s"]
-    return {"method": method, "pipeline": pipeline, "cores": cores, "workers": max(cores - 1, 1),
+    return {"method": method, "pipeline": pipeline, "cores": cores, "workers": workers,
             "iterations": means["iterations"], "data ms": 1000 * data_s, "step ms": 1000 * step_s,
             "data share %": 100 * data_s / (data_s + step_s), "images/s": means["img_s"]}
 
