@@ -22,6 +22,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -104,11 +105,14 @@ def run_one(spec: str, data: Path, subset: Path, out: Path, opts: argparse.Names
         raise SystemExit(f"{spec}: {cores} cores asked, {len(available)} available here")
     shutil.rmtree(out / name, ignore_errors=True)
     log = out / f"{name}.stdout.log"
-    with open(log, "w") as f:
+    with open(log, "w") as f:  # its own process group: a timeout stops the training the launcher started too
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=lambda: os.sched_setaffinity(0, available[:cores]))
         try:
-            code = subprocess.run(command, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=opts.timeout,
-                                  preexec_fn=lambda: os.sched_setaffinity(0, available[:cores])).returncode
+            code = proc.wait(timeout=opts.timeout)
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
             code = f"nothing after --timeout {opts.timeout:g} s"
     train_log = out / name / "train.log"
     try:
