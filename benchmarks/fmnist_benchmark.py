@@ -27,7 +27,9 @@ the end, epochs, iterations, images/s, wall time, seed), ``accuracy_vs_time.png`
 structured output (``results.json``; ``stats.jsonl``: step time and images/s; ``evals.jsonl``: the accuracy
 curve), none from ``train.log``. With ``--reuse`` a run whose folder already holds a finished run of the same
 recipe and flags (``results.json``; only the budget-sized schedule may differ) is read back instead of run again,
-so an interrupted benchmark resumes and a table can gather runs made at different times. "Test" is
+so an interrupted benchmark resumes and a table can gather runs made at different times; the rows of the folder's
+earlier ``results.csv`` that an invocation does not run are kept (same labels and list), so rows run one at a
+time (``--runs X``, the machine alone for each) build up one table (the plot shows the runs named). "Test" is
 Fashion-MNIST's 10,000-image test split (the ``val`` folder of the converted dataset). Every number measured goes
 in the table, including disappointing ones.
 """
@@ -370,6 +372,8 @@ def main() -> None:
     if args.schedule_only:
         print_schedule(args, common, out)
         return
+    earlier = earlier_rows(out / "results.csv", f"{args.labels_perc}%", list_name, args.runs,
+                           on_conversion_list=args.split_seed is None)
     rows, curves, ends = [], {}, {}
     for name in args.runs:
         recipes = RECIPES[name]
@@ -389,9 +393,9 @@ def main() -> None:
         row = table_row(name, stages, curve, labels_perc=args.labels_perc, labelled_list=list_name,
                         budget_min=args.budget_min, eval_every_min=args.eval_every_min, seed=args.seed)
         rows.append(row)
-        add_gains(rows, ends)
-        print("  " + "  ".join(f"{k}={v}" for k, v in rows[-1].items()), flush=True)
-        write_tables(rows, out)
+        table = merged_table(rows, earlier, ends)
+        print("  " + "  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
+        write_tables(table, out)
     line_plot({k: [(t, a) for t, a in v] for k, v in curves.items()}, str(out / "accuracy_vs_time.png"),
               x_label="training time (min, 2 CPU cores)", y_label="test top-1 (%)",
               title=f"Fashion-MNIST, {args.labels_perc}% labels ({list_name.split(' (')[0]}), seed {args.seed}",
@@ -451,6 +455,42 @@ def _number(text: str) -> float | None:
         return float(text)
     except ValueError:  # "—" or empty: not measured
         return None
+
+
+def earlier_rows(table: Path, labels: str, labelled_list: str, rerun: list[str], *,
+                 on_conversion_list: bool) -> list[dict]:
+    """The rows of an earlier ``results.csv`` in ``--out`` that this invocation does not run again: the table gathers
+    rows made one at a time (machine alone) instead of keeping only the last invocation's. A row of another
+    label share or labelled list is dropped with a message. A table written before the ``run`` column names its
+    rows in ``method`` (they get the column and the label of that key) and predates ``--split_seed``: its rows were
+    made on the conversion's list (``on_conversion_list``: this invocation's list is that one). Their gains are
+    recomputed from the rounded ``top1_end`` against the baseline of the merged table."""
+    if not table.is_file():
+        return []
+    with open(table, newline="") as handle:
+        found = list(csv.DictReader(handle))
+    kept = []
+    for row in found:
+        key = row.get("run") or row["method"]
+        if key in rerun:
+            continue
+        legacy = not row.get("run")
+        made_on = labelled_list if legacy and on_conversion_list else row.get("labelled_list") or "the conversion's list"
+        if row.get("labels") != labels or made_on != labelled_list:
+            print(f"  dropping the row {key} of {table}: it was made with {row.get('labels')} labels on {made_on}, "
+                  f"this table is {labels} on {labelled_list}", file=sys.stderr, flush=True)
+            continue
+        kept.append({"run": key, **row, "method": LABELS.get(key, key), "labelled_list": made_on} if legacy else row)
+    return kept
+
+
+def merged_table(rows: list[dict], earlier: list[dict], ends: dict[str, float | None]) -> list[dict]:
+    """This invocation's rows and the earlier ones kept, in the order of ``RECIPES`` (baseline first, other keys
+    last), every gain set against the merged table's baseline (``ends``: this invocation's unrounded accuracies)."""
+    order = {name: i for i, name in enumerate(RECIPES)}
+    table = sorted(rows + earlier, key=lambda row: order.get(row["run"], len(order)))
+    add_gains(table, {**{row["run"]: _number(row["top1_end"]) for row in earlier}, **ends})
+    return table
 
 
 def write_tables(rows: list[dict], out: Path) -> None:

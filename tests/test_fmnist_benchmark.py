@@ -229,3 +229,44 @@ def test_every_row_trains_on_the_second_split_and_the_table_names_it(converted_f
         for recipe in RECIPES[run]:
             _, flags = recipe_flags(recipe, common)
             assert flag_value(flags, "--subset_file") == str(split) and flag_value(flags, "--workers") == "0", recipe
+
+
+def test_a_row_run_alone_joins_the_earlier_table_instead_of_replacing_it(tmp_path, capsys):
+    """Rows run one at a time (the machine alone for each) gather in one table: the earlier rows not run again are
+    kept (a table from before the run column gets it), rows of another list are dropped with a message, the rerun
+    row replaces its old line, and every gain is set against the merged table's baseline."""
+    from fmnist_benchmark import earlier_rows, merged_table
+    table = tmp_path / "results.csv"
+    table.write_text("method,labels,top1_10min,top1_20min,top1_30min,top1_end,epochs,iterations,images_per_s,"
+                     "train_min,wall_min,seed\n"
+                     "supervised,1%,80.2,79.7,82.7,82.7,7,6616,463,30.0,32.7,31\n"
+                     "suave,1%,84.7,86.9,87.8,87.8,3,4471,419,30.0,32.2,31\n"
+                     "daino,10%,86.3,89.8,89.8,89.8,2,4826,454,30.0,33.5,31\n"
+                     "fixmatch,1%,70.0,75.0,80.0,80.0,8,1000,250,30.0,31.0,31\n")
+    conversion = "subsets/1percent.txt (conversion, seed 0)"
+    kept = earlier_rows(table, "1%", conversion, ["supervised_strong", "fixmatch"], on_conversion_list=True)
+    assert [(row["run"], row["method"]) for row in kept] == [("supervised", "supervised (Suave's hyperparameters)"),
+                                                             ("suave", "Suave")]
+    assert "dropping the row daino of" in capsys.readouterr().err
+    _synthetic_run(tmp_path / "supervised_strong", 84.84, [(10.0, 81.0)])
+    stage = Stage(RECIPES["supervised_strong"][0], tmp_path / "supervised_strong", 30)
+    read_stage_output(stage)
+    new = table_row("supervised_strong", [stage], curve_of([stage], classify_from=0), labels_perc="1",
+                    labelled_list=conversion, budget_min=30, eval_every_min=2.5,
+                    seed=31)
+    rows = merged_table([new], kept, {"supervised_strong": end_accuracy([stage])})
+    write_tables(rows, tmp_path)
+    with open(table, newline="") as handle:
+        written = list(csv.DictReader(handle))
+    assert [(r["run"], r["top1_end"], r[GAIN]) for r in written] == [
+        ("supervised_strong", "84.8", "—"), ("supervised", "82.7", "—"), ("suave", "87.8", "+3.0")]  # 87.8 - 84.84
+    assert written[1]["labelled_list"] == conversion and written[1]["iterations"] == "6616"  # an old table's row
+    again = earlier_rows(table, "1%", conversion, ["fixmatch"], on_conversion_list=True)
+    assert [row["run"] for row in again] == ["supervised_strong", "supervised", "suave"]  # kept on the next run too
+    second = "subsets/1percent_seed1.txt (make_subset, seed 1)"
+    assert earlier_rows(table, "1%", second, [], on_conversion_list=False) == []  # every row names another list
+    assert earlier_rows(table.with_name("absent.csv"), "1%", second, [], on_conversion_list=False) == []
+    old = table.with_name("old.csv")
+    old.write_text("method,labels,top1_end\nsuave,1%,87.0\n")
+    assert earlier_rows(old, "1%", second, [], on_conversion_list=False) == []  # made before --split_seed existed
+    assert earlier_rows(old, "1%", conversion, [], on_conversion_list=True)[0]["labelled_list"] == conversion
