@@ -422,8 +422,7 @@ def comparison_lines(table: Path, own_label: str, own_acc: float, own_minutes: f
     command = "python benchmarks/fmnist_benchmark.py --reuse"
     if not table.is_file():
         return [f"benchmark table {table} is missing: `{command}` writes it (5 runs x 30 min of training)"]
-    with open(table, newline="") as handle:
-        rows = {row.get("run") or row["method"]: row for row in csv.DictReader(handle)}
+    rows = {row_key(row): row for row in read_rows(table)}
     base = rows.get(BASELINE)
     base_acc = _number(base["top1_end"]) if base else None
     lines = [f"benchmark rows ({table}), test top-1 at the end:"]
@@ -457,6 +456,19 @@ def _number(text: str) -> float | None:
         return None
 
 
+def read_rows(table: Path) -> list[dict]:
+    """The rows of a ``results.csv`` as written (none when it does not exist)."""
+    if not table.is_file():
+        return []
+    with open(table, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def row_key(row: dict) -> str:
+    """A row's run key: its ``run`` column, or ``method`` in tables written before that column."""
+    return row.get("run") or row["method"]
+
+
 def earlier_rows(table: Path, labels: str, labelled_list: str, rerun: list[str], *,
                  on_conversion_list: bool) -> list[dict]:
     """The rows of an earlier ``results.csv`` in ``--out`` that this invocation does not run again: the table gathers
@@ -465,17 +477,14 @@ def earlier_rows(table: Path, labels: str, labelled_list: str, rerun: list[str],
     rows in ``method`` (they get the column and the label of that key) and predates ``--split_seed``: its rows were
     made on the conversion's list (``on_conversion_list``: this invocation's list is that one). Their gains are
     recomputed from the rounded ``top1_end`` against the baseline of the merged table."""
-    if not table.is_file():
-        return []
-    with open(table, newline="") as handle:
-        found = list(csv.DictReader(handle))
     kept = []
-    for row in found:
-        key = row.get("run") or row["method"]
+    for row in read_rows(table):
+        key = row_key(row)
         if key in rerun:
             continue
         legacy = not row.get("run")
-        made_on = labelled_list if legacy and on_conversion_list else row.get("labelled_list") or "the conversion's list"
+        made_on = (labelled_list if legacy and on_conversion_list
+                   else row.get("labelled_list") or "the conversion's list")
         if row.get("labels") != labels or made_on != labelled_list:
             print(f"  dropping the row {key} of {table}: it was made with {row.get('labels')} labels on {made_on}, "
                   f"this table is {labels} on {labelled_list}", file=sys.stderr, flush=True)
