@@ -29,9 +29,9 @@ curve), none from ``train.log``. With ``--reuse`` a run whose folder already hol
 recipe and flags (``results.json``; only the budget-sized schedule may differ) is read back instead of run again,
 so an interrupted benchmark resumes and a table can gather runs made at different times; the rows of the folder's
 earlier ``results.csv`` that an invocation does not run are kept (same labels and list), so rows run one at a
-time (``--runs X``, the machine alone for each) build up one table (the plot shows the runs named). "Test" is
-Fashion-MNIST's 10,000-image test split (the ``val`` folder of the converted dataset). Every number measured goes
-in the table, including disappointing ones.
+time (``--runs X``, the machine alone for each) build up one table, and its plot shows every row whose run folder
+is in ``--out``. "Test" is Fashion-MNIST's 10,000-image test split (the ``val`` folder of the converted dataset).
+Every number measured goes in the table, including disappointing ones.
 """
 from __future__ import annotations
 
@@ -376,16 +376,10 @@ def main() -> None:
                            on_conversion_list=args.split_seed is None)
     rows, curves, ends = [], {}, {}
     for name in args.runs:
-        recipes = RECIPES[name]
         print(f"{name}: {args.budget_min:g} min", flush=True)
-        if len(recipes) == 1:
-            stages = [Stage(recipes[0], out / name, args.budget_min)]
-            run_stage(stages[0], common, args)
-        else:
-            first = args.budget_min * args.pretrain_fraction
-            stages = [Stage(recipes[0], out / f"{name}_stage1", first),
-                      Stage(recipes[1], out / f"{name}_stage2", args.budget_min - first)]
-            run_stage(stages[0], common, args)
+        stages = row_stages(name, out, args.budget_min, args.pretrain_fraction)
+        run_stage(stages[0], common, args)
+        if len(stages) == 2:
             run_stage(stages[1], {**common, "--swav_init_ckpt": [str(stages[0].out_dir / "checkpoint.pth")]}, args)
         curve = curve_of(stages, classify_from=len(stages) - 1)
         curves[LABELS[name]] = curve
@@ -396,6 +390,7 @@ def main() -> None:
         table = merged_table(rows, earlier, ends)
         print("  " + "  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
         write_tables(table, out)
+    curves.update(earlier_curves(out, earlier, args.budget_min))
     line_plot({k: [(t, a) for t, a in v] for k, v in curves.items()}, str(out / "accuracy_vs_time.png"),
               x_label="training time (min, 2 CPU cores)", y_label="test top-1 (%)",
               title=f"Fashion-MNIST, {args.labels_perc}% labels ({list_name.split(' (')[0]}), seed {args.seed}",
@@ -491,6 +486,37 @@ def earlier_rows(table: Path, labels: str, labelled_list: str, rerun: list[str],
             continue
         kept.append({"run": key, **row, "method": LABELS.get(key, key), "labelled_list": made_on} if legacy else row)
     return kept
+
+
+def row_stages(name: str, out: Path, budget_min: float, pretrain_fraction: float = 0.5) -> list[Stage]:
+    """The stages of run ``name`` in ``out``, laid out as ``main`` writes them (one folder, or two for SwAV then
+    Suave)."""
+    recipes = RECIPES[name]
+    if len(recipes) == 1:
+        return [Stage(recipes[0], out / name, budget_min)]
+    first = budget_min * pretrain_fraction
+    return [Stage(recipes[0], out / f"{name}_stage1", first),
+            Stage(recipes[1], out / f"{name}_stage2", budget_min - first)]
+
+
+def earlier_curves(out: Path, earlier: list[dict], budget_min: float) -> dict[str, list[tuple[float, float]]]:
+    """Accuracy curves of the earlier rows kept, so that the plot shows the whole table: read from each row's run
+    folder in ``out`` when that folder holds the run the row reports (its end accuracy rounds to the row's
+    ``top1_end``). A row copied from another table, or whose folder was rerun with another recipe, is left out of
+    the plot with a message."""
+    curves = {}
+    for row in earlier:
+        name = row["run"]
+        stages = row_stages(name, out, budget_min) if name in RECIPES else []
+        if stages and all((s.out_dir / "results.json").is_file() for s in stages):
+            for stage in stages:
+                read_stage_output(stage)
+            if fmt(end_accuracy(stages)) == row.get("top1_end"):
+                curves[LABELS[name]] = curve_of(stages, classify_from=len(stages) - 1)
+                continue
+        print(f"  the plot leaves out the row {name}: its run folder in {out} does not hold the run that row reports",
+              file=sys.stderr, flush=True)
+    return curves
 
 
 def merged_table(rows: list[dict], earlier: list[dict], ends: dict[str, float | None]) -> list[dict]:

@@ -270,3 +270,21 @@ def test_a_row_run_alone_joins_the_earlier_table_instead_of_replacing_it(tmp_pat
     old.write_text("method,labels,top1_end\nsuave,1%,87.0\n")
     assert earlier_rows(old, "1%", second, [], on_conversion_list=False) == []  # made before --split_seed existed
     assert earlier_rows(old, "1%", conversion, [], on_conversion_list=True)[0]["labelled_list"] == conversion
+
+
+def test_the_plot_shows_the_earlier_rows_whose_folder_holds_their_run(tmp_path, capsys):
+    """The plot of a table gathered one row at a time shows every earlier row whose run folder holds the run the row
+    reports (its curve read from evals.jsonl); a row copied from another table (no folder, or a folder whose end
+    accuracy is another run's) is left out and named."""
+    from fmnist_benchmark import LABELS, earlier_curves
+    _synthetic_run(tmp_path / "supervised_strong", 84.84, [(10.0, 81.0), (20.0, 83.5)])
+    _synthetic_run(tmp_path / "suave", 86.0, [(10.0, 84.0)])  # an older recipe's run: the row says 87.8
+    for stage, acc in (("swav+suave_stage1", None), ("swav+suave_stage2", 81.4)):
+        _synthetic_run(tmp_path / stage, acc if acc is not None else float("nan"), [(5.0, 70.0)], minutes=15.0)
+    rows = [{"run": "supervised_strong", "top1_end": "84.8"}, {"run": "suave", "top1_end": "87.8"},
+            {"run": "daino", "top1_end": "85.2"}, {"run": "swav+suave", "top1_end": "81.4"}]
+    curves = earlier_curves(tmp_path, rows, budget_min=30)
+    assert curves == {LABELS["supervised_strong"]: [(10.0, 81.0), (20.0, 83.5), (30.0, 84.84)],
+                      LABELS["swav+suave"]: [(20.0, 70.0), (30.0, 81.4)]}  # stage 2 only, after stage 1's 15 min
+    err = capsys.readouterr().err
+    assert "leaves out the row suave" in err and "leaves out the row daino" in err
