@@ -391,7 +391,8 @@ def main() -> None:
         print("  " + "  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
         write_tables(table, out)
     curves.update(earlier_curves(out, earlier, args.budget_min))
-    line_plot({k: [(t, a) for t, a in v] for k, v in curves.items()}, str(out / "accuracy_vs_time.png"),
+    in_table_order = [LABELS[name] for name in RECIPES if LABELS[name] in curves]
+    line_plot({label: curves[label] for label in in_table_order}, str(out / "accuracy_vs_time.png"),
               x_label="training time (min, 2 CPU cores)", y_label="test top-1 (%)",
               title=f"Fashion-MNIST, {args.labels_perc}% labels ({list_name.split(' (')[0]}), seed {args.seed}",
               x_range=(0, max([args.budget_min] + [t for c in curves.values() for t, _ in c])))
