@@ -15,10 +15,13 @@ RECIPE=${RECIPE:-suave/scripts/fmnist_1perc.sh}
 STEPS=${STEPS:-150}
 ROUNDS=${ROUNDS:-2}
 DATA=${DATA:-$REPO/data/fashion-mnist}
-PY=${PYTHON:-$(command -v python)}
+PY=$(command -v "${PYTHON:-python}") || { echo "no python: set PYTHON" >&2; exit 2; }
+PY=$(cd "$(dirname "$PY")" && pwd)/$(basename "$PY")  # absolute: the runs start in the worktrees
 OUT=${OUT:-$(mktemp -d /tmp/commit_step_time.XXXX)}; mkdir -p "$OUT"
 [ -d "$DATA/train" ] || { echo "no converted Fashion-MNIST in $DATA: run python -m src.data.fashion_mnist first or set DATA" >&2; exit 2; }
 declare -A TREE
+remove_trees() { for tree in "${TREE[@]}"; do git -C "$REPO" worktree remove --force "$tree" 2> /dev/null || true; done; }
+trap remove_trees EXIT  # the runs' logs and folders stay in $OUT
 for commit in "$1" "$2"; do
   sha=$(git -C "$REPO" rev-parse --short "$commit")
   TREE[$commit]=$OUT/tree_$sha
@@ -26,8 +29,9 @@ for commit in "$1" "$2"; do
 done
 printf "%-10s %-6s %-10s %-12s %-8s\n" commit round s/step train_min top1
 for round in $(seq "$ROUNDS"); do
-  for commit in "$1" "$2"; do
-    tree=${TREE[$commit]}; run=$OUT/$(basename "$tree")_$round
+  for side in A B; do
+    if [ $side = A ]; then commit=$1; else commit=$2; fi
+    tree=${TREE[$commit]}; run=$OUT/${side}_$(basename "$tree")_$round  # A and B apart even for one commit
     read -r entry flags < <(cd "$tree" && "$PY" -c "import shlex,sys; w=shlex.split(open(sys.argv[1]).read().replace('\\\\\n',' ')); print(w[0], shlex.join(w[1:]))" "$RECIPE")
     (cd "$tree" && eval "$PY" "$entry" "$flags" --data_path "$DATA" --epochs 1 --max_iters_per_epoch "$STEPS" \
       --eval_every_min 1000 --log_freq 25 --output_dir "$run" > "$run.log" 2>&1) || { echo "$commit failed: $run.log" >&2; exit 1; }
@@ -42,4 +46,4 @@ print(f"{sys.argv[2]:<10} {sys.argv[3]:<6} {stats[-1]['train_step_s']:<10.3f} {r
 EOF
   done
 done
-for commit in "$1" "$2"; do git -C "$REPO" worktree remove --force "${TREE[$commit]}"; done
+echo "runs: $OUT"

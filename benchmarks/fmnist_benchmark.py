@@ -390,7 +390,7 @@ def main() -> None:
         table = merged_table(rows, earlier, ends)
         print("  " + "  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
         write_tables(table, out)
-    curves.update(earlier_curves(out, earlier, args.budget_min))
+    curves.update(earlier_curves(out, earlier, args.budget_min, args.pretrain_fraction))
     in_table_order = [LABELS[name] for name in RECIPES if LABELS[name] in curves]
     line_plot({label: curves[label] for label in in_table_order}, str(out / "accuracy_vs_time.png"),
               x_label="training time (min, 2 CPU cores)", y_label="test top-1 (%)",
@@ -489,7 +489,7 @@ def earlier_rows(table: Path, labels: str, labelled_list: str, rerun: list[str],
     return kept
 
 
-def row_stages(name: str, out: Path, budget_min: float, pretrain_fraction: float = 0.5) -> list[Stage]:
+def row_stages(name: str, out: Path, budget_min: float, pretrain_fraction: float) -> list[Stage]:
     """The stages of run ``name`` in ``out``, laid out as ``main`` writes them (one folder, or two for SwAV then
     Suave)."""
     recipes = RECIPES[name]
@@ -500,7 +500,8 @@ def row_stages(name: str, out: Path, budget_min: float, pretrain_fraction: float
             Stage(recipes[1], out / f"{name}_stage2", budget_min - first)]
 
 
-def earlier_curves(out: Path, earlier: list[dict], budget_min: float) -> dict[str, list[tuple[float, float]]]:
+def earlier_curves(out: Path, earlier: list[dict], budget_min: float,
+                   pretrain_fraction: float) -> dict[str, list[tuple[float, float]]]:
     """Accuracy curves of the earlier rows kept, so that the plot shows the whole table: read from each row's run
     folder in ``out`` when that folder holds the run the row reports (its end accuracy rounds to the row's
     ``top1_end``). A row copied from another table, or whose folder was rerun with another recipe, is left out of
@@ -508,7 +509,7 @@ def earlier_curves(out: Path, earlier: list[dict], budget_min: float) -> dict[st
     curves = {}
     for row in earlier:
         name = row["run"]
-        stages = row_stages(name, out, budget_min) if name in RECIPES else []
+        stages = row_stages(name, out, budget_min, pretrain_fraction) if name in RECIPES else []
         if stages and all((s.out_dir / "results.json").is_file() for s in stages):
             for stage in stages:
                 read_stage_output(stage)

@@ -283,7 +283,7 @@ def test_the_plot_shows_the_earlier_rows_whose_folder_holds_their_run(tmp_path, 
         _synthetic_run(tmp_path / stage, acc if acc is not None else float("nan"), [(5.0, 70.0)], minutes=15.0)
     rows = [{"run": "supervised_strong", "top1_end": "84.8"}, {"run": "suave", "top1_end": "87.8"},
             {"run": "daino", "top1_end": "85.2"}, {"run": "swav+suave", "top1_end": "81.4"}]
-    curves = earlier_curves(tmp_path, rows, budget_min=30)
+    curves = earlier_curves(tmp_path, rows, budget_min=30, pretrain_fraction=0.5)
     assert curves == {LABELS["supervised_strong"]: [(10.0, 81.0), (20.0, 83.5), (30.0, 84.84)],
                       LABELS["swav+suave"]: [(20.0, 70.0), (30.0, 81.4)]}  # stage 2 only, after stage 1's 15 min
     err = capsys.readouterr().err
