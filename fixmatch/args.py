@@ -1,6 +1,6 @@
 """FixMatch's command line: the shared data/run flags (src/args.py) and the paper's hyperparameters as defaults
 (Sohn et al., NeurIPS 2020, Sec. 4 and App. B: tau 0.95, lambda_u 1, mu 7, B 64, SGD nesterov 0.9, lr 0.03,
-weight decay 5e-4, EMA 0.999)."""
+weight decay 5e-4, EMA 0.999; BatchNorm momentum 0.999 in TF's convention, from the reference code)."""
 from __future__ import annotations
 
 import argparse
@@ -39,6 +39,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--wd", default=5e-4, type=float, help="weight decay (conv/linear weights; not biases, norms)")
     g.add_argument("--ema_decay", default=0.999, type=float,
                    help="decay of the EMA of the weights that validation reports as main (0: no EMA)")
+    g.add_argument("--bn_momentum", default=0.001, type=float,
+                   help="BatchNorm running-statistics momentum, PyTorch's convention (new = (1 - m) old + m batch); "
+                        "the reference TF code's 0.999 is 0.001 here. The EMA model validates with the student's "
+                        "statistics, so they should average over as many steps as --ema_decay does (m = 1 - decay)")
 
     g = parser.add_argument_group("misc")
     g.add_argument("--workers", default=10, type=int, help="data-loading workers per process")

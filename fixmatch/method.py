@@ -84,6 +84,16 @@ def build_classifier(args: argparse.Namespace, num_classes: int) -> Classifier:
     return Classifier(build_backbone(args.arch, **kwargs), num_classes)
 
 
+def set_batchnorm_momentum(network: nn.Module, momentum: float) -> nn.Module:
+    """Every BatchNorm layer of ``network`` updates its running statistics with ``momentum`` (PyTorch's
+    convention). The reference TF code uses 0.999 in TF's convention (0.001 here): the statistics then average
+    over about as many steps as the EMA of the weights (decay 0.999) that is validated with them."""
+    for module in network.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.momentum = momentum
+    return network
+
+
 def unlabelled_loss(weak_logits: torch.Tensor, strong_logits: torch.Tensor, threshold: float
                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """FixMatch's l_u (Eq. 4): mean over the B rows of 1[max q >= tau] * CE(strong, argmax q), q = softmax(weak),
@@ -115,7 +125,10 @@ class FixMatchMethod(Method):
                             "drop --mixup_unlab true")
         if args.mu < 1:
             raise UserError(f"--mu {args.mu} must be >= 1 (unlabelled images per labelled image)")
-        self.student = build_classifier(args, num_classes).to(device)
+        if not 0 < args.bn_momentum <= 1:
+            raise UserError(f"--bn_momentum {args.bn_momentum} must lie in (0, 1] (PyTorch's convention; the "
+                            "reference code's 0.001, or 1 - --ema_decay)")
+        self.student = set_batchnorm_momentum(build_classifier(args, num_classes), args.bn_momentum).to(device)
         self.ema: Classifier | None = None
         if args.ema_decay > 0:  # the EMA of the weights that is evaluated; BatchNorm statistics copied
             self.ema = frozen_copy(lambda: build_classifier(args, num_classes), self.student).to(device)

@@ -139,6 +139,30 @@ def test_ema_follows_the_parameters_and_copies_the_batchnorm_statistics():
     assert not torch.equal(ema[bn], before[bn])
 
 
+@pytest.mark.parametrize("bn_momentum", [0.001, 0.3])
+def test_batchnorm_statistics_move_by_bn_momentum_towards_the_batch(bn_momentum):
+    """The reference TF code's BatchNorm momentum 0.999 (0.001 in PyTorch's convention) is the default: the
+    statistics the EMA model validates with then average over as many steps as its weights."""
+    method = tiny_method(bn_momentum=bn_momentum)
+    bn = method.student.backbone.features[0][1]
+    seen = []
+    bn.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].detach()))
+    before_mean, before_var = bn.running_mean.clone(), bn.running_var.clone()
+    lab, unlab = tiny_batches()
+    method.training_step(lab, unlab, 0, 0)
+    x = torch.cat(seen).float()  # the one joint forward: [labelled, weak, strong]
+    batch_mean, batch_var = x.mean(dim=(0, 2, 3)), x.var(dim=(0, 2, 3), unbiased=True)
+    torch.testing.assert_close(bn.running_mean, (1 - bn_momentum) * before_mean + bn_momentum * batch_mean)
+    torch.testing.assert_close(bn.running_var, (1 - bn_momentum) * before_var + bn_momentum * batch_var)
+    assert main_fixmatch.get_args_parser().get_default("bn_momentum") == 0.001
+
+
+@pytest.mark.parametrize("value", [0.0, 1.5])
+def test_bn_momentum_outside_0_1_is_refused(value):
+    with pytest.raises(UserError, match=f"--bn_momentum {value} must lie in"):
+        tiny_method(bn_momentum=value)
+
+
 def test_lr_schedule_is_the_papers_cosine_and_sgd_is_nesterov_with_decay_on_weights_only():
     lr = fixmatch_lr(0.03, 1000)
     assert lr[0] == 0.03 and math.isclose(lr[500], 0.03 * math.cos(7 * math.pi / 32))

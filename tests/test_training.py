@@ -37,7 +37,7 @@ DAINO_TINY = ["--arch", "vit_tiny", "--patch_size", "8", "--global_crop_size", "
               "--norm_last_layer", "false"]
 FIXMATCH_TINY = ["--arch", "cnn6", "--crop_size", "32", "--lab_batch_size", "4", "--mu", "2", "--workers", "0",
                  "--use_fp16", "false", "--lab_crop_size", "32", "--val_resize", "32", "--val_crop", "32",
-                 "--log_freq", "4", "--ema_decay", "0.9"]
+                 "--log_freq", "4", "--ema_decay", "0.9", "--bn_momentum", "0.1"]
 METHODS = [(main_suave, SUAVE_TINY), (main_daino, DAINO_TINY), (main_fixmatch, FIXMATCH_TINY)]
 
 
