@@ -23,7 +23,7 @@ main_fixmatch.py \
 --nesterov true \
 --wd 5e-4 \
 --ema_decay 0.99 \
---bn_momentum 0.1 \
+--bn_momentum 0.01 \
 --use_fp16 false \
 --use_bf16 true \
 --channels_last true \
