@@ -272,7 +272,7 @@ def test_recipe_shares_suaves_backbone_labelled_stream_precision_and_budget():
         assert flag_value(flags, name) == flag_value(suave, name), name
     args = main_fixmatch.get_args_parser().parse_args(flags)
     assert (args.threshold, args.lambda_u, args.lr, args.wd) == (0.95, 1.0, 0.03, 5e-4)   # the paper's
-    assert args.ema_decay == 0.99          # the one budget adaptation of the optimisation (docs/fixmatch.md)
+    assert args.ema_decay == 0.99          # a budget adaptation of the optimisation (docs/fixmatch.md)
     assert main_fixmatch.get_args_parser().get_default("ema_decay") == 0.999            # the paper's, the default
     assert math.isclose(args.bn_momentum, 1 - args.ema_decay)  # BatchNorm statistics over the EMA's horizon
     assert full_epoch_iters(flags, entry) == 60000 // (args.mu * args.lab_batch_size)
