@@ -31,10 +31,10 @@ from src.trained import TrainedModel, load_trained  # noqa: E402
 
 
 def top1(trained: TrainedModel, network: nn.Module, loader: DataLoader) -> float:
-    """Test top-1 (%) of ``network`` in eval mode."""
+    """Test top-1 (%) of ``network`` in eval mode, in the run's validation precision (as ``--evaluate``)."""
     network.eval()
     correct = total = 0
-    with torch.no_grad():
+    with torch.no_grad(), trained.eval_precision().autocast():
         for images, labels in loader:
             correct += int((network([trained.prepare(images)]).scores.argmax(-1) == labels).sum())
             total += len(labels)
@@ -49,7 +49,7 @@ def recomputed_statistics(trained: TrainedModel, network: nn.Module, loader: Dat
             module.reset_running_stats()
             module.momentum = None  # cumulative moving average
     network.train()
-    with torch.no_grad():
+    with torch.no_grad(), trained.eval_precision().autocast():
         for images, _ in loader:
             network([trained.prepare(images)])
     return network.eval()
