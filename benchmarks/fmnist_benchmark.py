@@ -230,6 +230,8 @@ def check_reusable(stage: Stage, overrides: dict[str, list[str]]) -> None:
     ran = {f.name: f.values for f in group_flags(words[2:], str(log)) if f.name not in SCHEDULE_FLAGS}
     want = {f.name: f.values for f in group_flags(wanted, stage.recipe) if f.name not in SCHEDULE_FLAGS}
     for name in sorted(set(ran) | set(want)):
+        if name == "--use_bf16" and tuple(want.get(name, ())) == ("auto",):
+            continue  # the recipe leaves the precision to the machine: a run made in either precision is its run
         if ran.get(name) != want.get(name):
             raise SystemExit(f"--reuse: {stage.out_dir} was run with {name} {' '.join(ran.get(name, ('(absent)',)))}"
                              f" but {stage.recipe} with these --flags gives {' '.join(want.get(name, ('(absent)',)))}"

@@ -20,6 +20,17 @@ def bool_flag(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"invalid boolean value {value!r}: use true/false (or on/off, 1/0)")
 
 
+def bf16_flag(value: str | bool) -> bool | str:
+    """``--use_bf16``: true/false as ``bool_flag``, or ``auto`` (bf16 only where the device computes it natively,
+    see ``src.train_step.Precision``)."""
+    if isinstance(value, str) and value.lower() == "auto":
+        return "auto"
+    try:
+        return bool_flag(value)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"invalid --use_bf16 value {value!r}: use true, false or auto") from None
+
+
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("data")
     g.add_argument("--data_path", type=str, default="/path/to/imagenet",
@@ -105,8 +116,10 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
                         "eval.json beside it (or in --output_dir); the other flags come from the checkpoint")
     g.add_argument("--use_fp16", type=bool_flag, default=True,
                    help="fp16 autocast with gradient scaling (CUDA only; ignored with a warning on CPU)")
-    g.add_argument("--use_bf16", type=bool_flag, default=False,
-                   help="(new) bf16 autocast on CPU or GPU (takes precedence over --use_fp16)")
+    g.add_argument("--use_bf16", type=bf16_flag, default=False,
+                   help="(new) bf16 autocast on CPU or GPU (takes precedence over --use_fp16); auto: only where "
+                        "the device computes bf16 natively (a CUDA GPU with bf16, a CPU with AVX-512/AMX), "
+                        "else fp32: CPUs with only AVX2 emulate bf16 about 12x slower than fp32")
     g.add_argument("--device", type=str, default="auto", choices=["auto", "cpu", "cuda"],
                    help="(new) where to train: auto = CUDA when available")
     g.add_argument("--train_mode", type=str, default="semisup", choices=["semisup", "supervised", "selfsup"],

@@ -56,6 +56,17 @@ def test_reuse_refuses_a_run_made_with_other_flags_and_names_the_flag(tmp_path):
         check_reusable(Stage(recipe, tmp_path / "suave", 30), {"--queue_length": ["0"]})
 
 
+def test_reuse_reads_back_runs_of_either_precision_when_the_recipe_leaves_it_to_the_machine(tmp_path):
+    """The CPU recipes say ``--use_bf16 auto``: runs made before, with ``true``, are still theirs; a flag given
+    explicitly must still match."""
+    recipe = "suave/scripts/fmnist_1perc.sh"
+    assert dict((f.name, f.values) for f in group_flags(recipe_flags(recipe, {})[1], recipe))["--use_bf16"] == ("auto",)
+    _finished_run(tmp_path / "suave", recipe, {"--seed": ["31"], "--use_bf16": ["true"]})
+    check_reusable(Stage(recipe, tmp_path / "suave", 30), {"--seed": ["31"]})  # no error
+    with pytest.raises(SystemExit, match=r"was run with --use_bf16 true but .* gives false"):
+        check_reusable(Stage(recipe, tmp_path / "suave", 30), {"--seed": ["31"], "--use_bf16": ["false"]})
+
+
 def test_accuracy_plot_writes_a_png_of_the_expected_size(tmp_path):
     pytest.importorskip("matplotlib")
     from PIL import Image

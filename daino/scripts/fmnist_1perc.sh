@@ -34,7 +34,7 @@ main_daino.py \
 --freeze_last_layer 0 \
 --label_smoothing 0.01 \
 --use_fp16 false \
---use_bf16 true \
+--use_bf16 auto \
 --channels_last true \
 --num_workers 1 \
 --time_budget_min 30 \

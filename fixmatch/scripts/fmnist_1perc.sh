@@ -25,7 +25,7 @@ main_fixmatch.py \
 --ema_decay 0.99 \
 --bn_momentum 0.01 \
 --use_fp16 false \
---use_bf16 true \
+--use_bf16 auto \
 --channels_last true \
 --workers 1 \
 --time_budget_min 30 \

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from src.args import bool_flag
+from src.args import bf16_flag, bool_flag
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +50,8 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
                    help="(new) where to run: auto = CUDA when available")
     g.add_argument("--use_fp16", type=bool_flag, default=False,
                    help="(new) fp16 autocast with gradient scaling on CUDA (the release trains in fp32)")
-    g.add_argument("--use_bf16", type=bool_flag, default=False, help="(new) bf16 autocast on CPU or GPU")
+    g.add_argument("--use_bf16", type=bf16_flag, default=False,
+                   help="(new) bf16 autocast on CPU or GPU; auto: only where the device computes bf16 natively")
     g.add_argument("--log_freq", type=int, default=50, help="(new) log every N iterations (the release's 50)")
     g.add_argument("--max_iters_per_epoch", type=int, default=0,
                    help="(new) cap the training iterations of an epoch (0: one full pass, as the release)")

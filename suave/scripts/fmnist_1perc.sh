@@ -32,7 +32,7 @@ main_suave.py \
 --temperature 0.1 \
 --label_smoothing 0.01 \
 --use_fp16 false \
---use_bf16 true \
+--use_bf16 auto \
 --channels_last true \
 --workers 1 \
 --time_budget_min 30 \

@@ -33,7 +33,7 @@ main_suave.py \
 --mixup_lab true \
 --mixup_lab_type replace \
 --use_fp16 false \
---use_bf16 true \
+--use_bf16 auto \
 --channels_last true \
 --workers 1 \
 --time_budget_min 30 \
