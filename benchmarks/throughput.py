@@ -9,6 +9,7 @@ and prints images/s of the step and overhead = (step - network) / step (negative
 what targets, Sinkhorn, queue, EMA, loss and bookkeeping cost. Data loading is excluded (the engine logs data time separately).
 
     python benchmarks/throughput.py                       # CPU: small-image recipes
+    python benchmarks/throughput.py --preset fmnist --precisions fp32 bf16   # the Fashion-MNIST CPU recipes' step
     python benchmarks/throughput.py --preset imagenet     # the released 224-px recipes (meant for a GPU)
     python benchmarks/throughput.py --preset imagenet --levers   # one row per speed lever, added in turn
     python benchmarks/throughput.py --levers 6                   # CPU: all but --compile
@@ -39,6 +40,15 @@ from src import perf  # noqa: E402
 from src.train_step import Precision, TrainStep  # noqa: E402
 from suave.args import get_args_parser as suave_parser  # noqa: E402
 from suave.method import SuaveMethod  # noqa: E402
+from launch.script_file import flatten, read_script_file  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def recipe_flags(path: str) -> list[str]:
+    """A recipe file's flags, so that a preset times exactly what the recipe trains."""
+    return flatten(list(read_script_file(str(REPO / path)).flags))
+
 
 PRESETS = {
     "small": {
@@ -49,6 +59,11 @@ PRESETS = {
         "daino": ["--arch", "vit_tiny", "--patch_size", "4", "--global_crop_size", "32", "--local_crop_size", "16",
                   "--local_crops_number", "4", "--batch_size_per_gpu", "32", "--lab_batch_size_per_gpu", "16",
                   "--lab_crop_size", "32", "--clip_grad", "3.0"],
+    },
+    "fmnist": {  # the CPU recipes of the Fashion-MNIST benchmark (cnn6w2, 28/14 px), as their files say
+        "classes": 10,
+        "suave": recipe_flags("suave/scripts/fmnist_1perc.sh"),
+        "daino": recipe_flags("daino/scripts/fmnist_1perc.sh"),
     },
     "imagenet": {
         "classes": 1000,
@@ -123,11 +138,18 @@ LEVERS = [("before the levers", ["--cudnn_benchmark", "false"]),
           ("+compile", ["--compile", "true"])]
 
 
-def build(method_name: str, preset: str, device: torch.device, total_steps: int, bf16: bool, extra: list[str]):
-    """The method, its optimiser and TrainStep as the engine builds them (speed flags included), and a batch."""
+PRECISION_FLAGS = {"recipe": [], "fp32": ["--use_fp16", "false", "--use_bf16", "false"],
+                   "bf16": ["--use_bf16", "true"], "auto": ["--use_bf16", "auto"]}
+
+
+def build(method_name: str, preset: str, device: torch.device, total_steps: int, bf16: bool | str,
+          extra: list[str]):
+    """The method, its optimiser and TrainStep as the engine builds them (speed flags included), and a batch.
+    ``bf16``: True/False (the ``--bf16`` option) or a ``PRECISION_FLAGS`` key."""
     spec = PRESETS[preset]
     parser_fn, cls = (suave_parser, SuaveMethod) if method_name == "suave" else (daino_parser, DainoMethod)
-    args = parse(parser_fn, spec[method_name] + (["--use_bf16", "true"] if bf16 else []) + extra)
+    precision_flags = PRECISION_FLAGS[bf16] if isinstance(bf16, str) else (["--use_bf16", "true"] if bf16 else [])
+    args = parse(parser_fn, spec[method_name] + precision_flags + extra)
     perf.configure_backends(args, device)
     method = cls(args, spec["classes"], device)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
@@ -191,7 +213,7 @@ def bench_device_aug(method_name: str, device: torch.device, steps: int) -> dict
             "ms per batch": 1000 * statistics.median(times)}
 
 
-def bench(method_name: str, preset: str, device: torch.device, steps: int, warmup: int, bf16: bool,
+def bench(method_name: str, preset: str, device: torch.device, steps: int, warmup: int, bf16: bool | str,
           extra: list[str] | None = None) -> dict:
     method, optimizer, precision, step, lab, unlab, images = build(method_name, preset, device, steps + warmup,
                                                                    bf16, extra or [])
@@ -218,6 +240,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed steps per method")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast instead of the recipe's precision")
+    parser.add_argument("--precisions", nargs="+", choices=sorted(PRECISION_FLAGS), default=None,
+                        help="one row per precision, side by side (e.g. fp32 bf16), with its step time relative "
+                             "to the first's; recipe = the preset's own, auto = --use_bf16 auto on this machine")
     parser.add_argument("--levers", type=int, nargs="?", const=len(LEVERS), default=0,
                         help="one row per speed lever, added in turn (a number: only the first N rows, e.g. 6 "
                              "leaves out --compile)")
@@ -233,6 +258,15 @@ def main() -> None:
         rows = [row for m in opts.methods
                 for row in bench_levers(m, preset, device, opts.steps, opts.warmup, opts.bf16, opts.extra,
                                         opts.levers)]
+    elif opts.precisions:
+        rows = []
+        for m in opts.methods:
+            first = None
+            for name in opts.precisions:
+                row = bench(m, preset, device, opts.steps, opts.warmup, name, opts.extra)
+                first = first or row["step ms"]
+                rows.append({**row, f"step time / {opts.precisions[0]}'s": row["step ms"] / first})
+                print(f"  {m:6} {name:6} {row['step ms']:9.1f} ms a step", flush=True)
     else:
         rows = [bench(m, preset, device, opts.steps, opts.warmup, opts.bf16, opts.extra) for m in opts.methods]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads"

@@ -119,7 +119,7 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--use_bf16", type=bf16_flag, default=False,
                    help="(new) bf16 autocast on CPU or GPU (takes precedence over --use_fp16); auto: only where "
                         "the device computes bf16 natively (a CUDA GPU with bf16, a CPU with AVX-512/AMX), "
-                        "else fp32: CPUs with only AVX2 emulate bf16 about 12x slower than fp32")
+                        "else fp32: CPUs with only AVX2 emulate bf16 over 10x slower than fp32")
     g.add_argument("--device", type=str, default="auto", choices=["auto", "cpu", "cuda"],
                    help="(new) where to train: auto = CUDA when available")
     g.add_argument("--train_mode", type=str, default="semisup", choices=["semisup", "supervised", "selfsup"],

@@ -24,8 +24,8 @@ from src.release_fixes import fix_on
 
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 natively: a CUDA GPU that supports it, or a CPU where oneDNN has bf16
-    kernels (AVX-512 or AMX). On an AVX2-only CPU oneDNN falls back to reference kernels: a cnn6w2 forward and
-    backward of 256 images took 25 s in bf16 against 2 s in fp32 (benchmarks/README.md#bf16-on-a-cpu-without-avx-512)."""
+    kernels (AVX-512 or AMX). On an AVX2-only CPU oneDNN falls back to slow kernels: a Suave step of the
+    Fashion-MNIST recipe took 17.4 s in bf16 against 1.05 s in fp32 (benchmarks/README.md#bf16-on-a-cpu-without-avx-512)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
     try:
@@ -47,7 +47,7 @@ class Precision:
             self.note = " (--use_bf16 auto)" if use_bf16 else " (--use_bf16 auto: no native bf16 on this device)"
         elif use_bf16 and warn and not native_bf16(device):
             get_logger().warning("--use_bf16 true on a %s without native bf16 (no AVX-512/AMX): bf16 is emulated "
-                                 "here, about 12x slower than fp32; --use_bf16 auto trains in fp32 on such a "
+                                 "here, over 10x slower than fp32; --use_bf16 auto trains in fp32 on such a "
                                  "device and in bf16 where it is native", device.type.upper())
         if use_bf16:
             self.dtype = torch.bfloat16

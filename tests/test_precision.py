@@ -1,5 +1,5 @@
 """``--use_bf16 true|false|auto``: auto trains in bf16 only where the device computes it natively (a CPU with
-only AVX2 emulates bf16 about 12x slower than fp32), and an explicit ``true`` there warns with the fix."""
+only AVX2 emulates bf16 over 10x slower than fp32), and an explicit ``true`` there warns with the fix."""
 from __future__ import annotations
 
 import argparse
