@@ -412,11 +412,14 @@ def print_schedule(args: argparse.Namespace, common: dict[str, list[str]], out: 
     print(f"--seed {args.seed} --epochs {epochs} --max_iters_per_epoch {iters}")
 
 
-def comparison_lines(table: Path, own_label: str, own_acc: float, own_minutes: float) -> list[str]:
+def comparison_lines(table: Path, own_label: str, own_acc: float, own_minutes: float,
+                     own_iterations: int | None = None, own_run: str = "suave") -> list[str]:
     """What the demo prints beside its own accuracy: every row of the benchmark's ``results.csv`` (end accuracy,
-    and each semi-supervised row's gain over the strongest supervised row), this run's gain over that row, and for
-    each of the five rows missing from the table the command that makes it. Tables written before the ``run``
-    column name their rows in ``method`` (its ``supervised`` is the same-hyperparameter baseline)."""
+    steps, and each semi-supervised row's gain over the strongest supervised row), this run's gain over that row,
+    and for each of the five rows missing from the table the command that makes it. With ``own_iterations``, a
+    last line compares this run's steps with its own row's (``own_run``): a slower machine (or one that emulates
+    bf16) makes fewer steps in the same minutes, and the rows then compare with care. Tables written before the
+    ``run`` column name their rows in ``method`` (its ``supervised`` is the same-hyperparameter baseline)."""
     command = "python benchmarks/fmnist_benchmark.py --reuse"
     if not table.is_file():
         return [f"benchmark table {table} is missing: `{command}` writes it (5 runs x 30 min of training)"]
@@ -433,7 +436,8 @@ def comparison_lines(table: Path, own_label: str, own_acc: float, own_minutes: f
         acc = _number(row["top1_end"])
         gain = row.get(GAIN) or ("—" if acc is None or base_acc is None else f"{acc - base_acc:+.1f}")
         gain = "" if name in SUPERVISED or gain == "—" else f"  {gain} vs strongest supervised"
-        lines.append(f"  {label:38s} {fmt(acc)}%  ({row['train_min']} min, seed {row['seed']}){gain}")
+        steps = f", {int(row['iterations']):,} steps" if (row.get("iterations") or "").isdigit() else ""
+        lines.append(f"  {label:38s} {fmt(acc)}%  ({row['train_min']} min{steps}, seed {row['seed']}){gain}")
     same = rows.get("supervised")
     same_acc = _number(same["top1_end"]) if same else None
     if base_acc is None and same_acc is not None:
@@ -444,6 +448,14 @@ def comparison_lines(table: Path, own_label: str, own_acc: float, own_minutes: f
     else:
         lines.append(f"this run ({own_label}, {own_minutes:.1f} min) vs the strongest supervised row "
                      f"({base['train_min']} min): {own_acc - base_acc:+.2f} points")
+    own_row = rows.get(own_run)
+    if own_iterations and own_row and (own_row.get("iterations") or "").isdigit():
+        ratio = own_iterations / int(own_row["iterations"])
+        verdict = ("this machine is slower than the table's: its rows trained longer, compare with that in mind"
+                   if ratio < 0.9 else "this machine is faster than the table's" if ratio > 1.1
+                   else "about the table's pace")
+        lines.append(f"this run made {own_iterations:,} steps, the table's {own_label} row "
+                     f"{int(own_row['iterations']):,} ({ratio:.0%}): {verdict}")
     return lines
 
 

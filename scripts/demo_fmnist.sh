@@ -55,7 +55,7 @@ result = json.load(open(os.path.join(exp, "results.json")))
 print(f"\nSuave, Fashion-MNIST, 1% labels: test top-1 {result['val_acc1']:.2f}% after "
       f"{result['train_minutes']:.1f} min of training ({result['iterations']} iterations)")
 table = Path("benchmarks", "results", "fmnist_1perc", "results.csv")
-print("\n".join(comparison_lines(table, "Suave", result["val_acc1"], result["train_minutes"])))
+print("\n".join(comparison_lines(table, "Suave", result["val_acc1"], result["train_minutes"], result["iterations"])))
 for name in ("checkpoint.pth", "train.log", "stats.csv", "evals.csv"):
     if os.path.isfile(os.path.join(exp, name)):
         print(f"{name:16s} {os.path.join(exp, name)}")

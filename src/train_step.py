@@ -44,7 +44,7 @@ class Precision:
         self.note = ""
         if use_bf16 == "auto":
             use_bf16 = native_bf16(device)
-            self.note = " (--use_bf16 auto)" if use_bf16 else " (--use_bf16 auto: no native bf16 on this device)"
+            self.note = ", --use_bf16 auto" if use_bf16 else ", --use_bf16 auto: no native bf16 on this device"
         elif use_bf16 and warn and not native_bf16(device):
             get_logger().warning("--use_bf16 true on a %s without native bf16 (no AVX-512/AMX): bf16 is emulated "
                                  "here, over 10x slower than fp32; --use_bf16 auto trains in fp32 on such a "

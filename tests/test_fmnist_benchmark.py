@@ -176,12 +176,13 @@ def test_gain_columns_against_a_hand_computed_table(tmp_path):
 
 def test_the_demo_prints_every_row_its_gain_and_the_command_for_missing_ones(tmp_path):
     table = tmp_path / "results.csv"
-    table.write_text("run,method,top1_end,gain_vs_strongest_supervised,train_min,seed\n"
-                     "supervised_strong,strongest supervised (baseline),84.8,—,30.0,31\n"
-                     "fixmatch,FixMatch (yardstick),86.1,+1.3,30.0,31\n")
+    table.write_text("run,method,top1_end,gain_vs_strongest_supervised,train_min,seed,iterations\n"
+                     "supervised_strong,strongest supervised (baseline),84.8,—,30.0,31,4920\n"
+                     "fixmatch,FixMatch (yardstick),86.1,+1.3,30.0,31,1784\n")
     lines = comparison_lines(table, "Suave", 87.31, 29.5)
-    assert lines[1] == "  strongest supervised (baseline)        84.8%  (30.0 min, seed 31)"
-    assert lines[3] == "  FixMatch (yardstick)                   86.1%  (30.0 min, seed 31)  +1.3 vs strongest supervised"
+    assert lines[1] == "  strongest supervised (baseline)        84.8%  (30.0 min, 4,920 steps, seed 31)"
+    assert lines[3] == ("  FixMatch (yardstick)                   86.1%  (30.0 min, 1,784 steps, seed 31)  +1.3 vs "
+                        "strongest supervised")
     missing = [line for line in lines if "not in the table" in line]
     assert [line.split()[0] for line in missing] == ["supervised", "Suave", "Daino"]
     assert all("`python benchmarks/fmnist_benchmark.py --reuse`" in line for line in missing)
@@ -201,6 +202,18 @@ def converted_fmnist(fake_source, tmp_path) -> Path:
     """A small Fashion-MNIST conversion (20 train images a class: 2 a class in the 10% list, seed 0)."""
     from src.data import fashion_mnist as FM
     return FM.convert_fashion_mnist(tmp_path / "fm", fake_source, processes=1, log=lambda *_: None)
+
+
+def test_the_demo_says_when_its_machine_made_fewer_steps_than_the_tables(tmp_path):
+    table = tmp_path / "results.csv"
+    table.write_text("run,method,top1_end,gain_vs_strongest_supervised,train_min,seed,iterations\n"
+                     "supervised_strong,strongest supervised (baseline),84.8,—,30.0,31,4920\n"
+                     "suave,Suave,87.8,+3.0,30.0,31,4471\n")
+    slow = comparison_lines(table, "Suave", 85.0, 30.0, own_iterations=1700)
+    assert slow[-1] == ("this run made 1,700 steps, the table's Suave row 4,471 (38%): this machine is slower than "
+                        "the table's: its rows trained longer, compare with that in mind")
+    assert comparison_lines(table, "Suave", 87.0, 30.0, own_iterations=4400)[-1].endswith("(98%): about the table's pace")
+    assert not comparison_lines(table, "Suave", 87.0, 30.0)[-1].startswith("this run made")  # no count given
 
 
 def test_second_split_is_balanced_deterministic_and_not_the_conversions_list(converted_fmnist, tmp_path):

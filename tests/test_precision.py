@@ -30,8 +30,8 @@ def test_auto_is_bf16_exactly_where_the_device_has_native_bf16(monkeypatch, nati
     monkeypatch.setattr(train_step, "native_bf16", lambda device: native)
     precision = Precision(False, "auto", CPU)
     assert precision.dtype == (torch.bfloat16 if native else None)
-    assert precision.describe() == ("bf16 autocast (--use_bf16 auto)" if native
-                                    else "fp32 (--use_bf16 auto: no native bf16 on this device)")
+    assert precision.describe() == ("bf16 autocast, --use_bf16 auto" if native
+                                    else "fp32, --use_bf16 auto: no native bf16 on this device")
     with precision.autocast():
         out = torch.nn.Linear(4, 4)(torch.ones(2, 4))
     assert out.dtype == (torch.bfloat16 if native else torch.float32)
