@@ -26,8 +26,11 @@ def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 natively: a CUDA GPU that supports it, or a CPU where oneDNN has bf16
     kernels (AVX-512 or AMX). On an AVX2-only CPU oneDNN falls back to slow kernels: a Suave step of the
     Fashion-MNIST recipe took 17.4 s in bf16 against 1.05 s in fp32 (benchmarks/README.md#bf16-on-a-cpu-without-avx-512)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
+    if device.type == "cuda":  # emulated bf16 (GPUs before Ampere) does not count
+        try:
+            return torch.cuda.is_bf16_supported(including_emulation=False)
+        except TypeError:  # torch releases before the argument: native support only
+            return torch.cuda.is_bf16_supported()
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a build without oneDNN: no fast bf16 path either
@@ -46,9 +49,10 @@ class Precision:
             use_bf16 = native_bf16(device)
             self.note = ", --use_bf16 auto" if use_bf16 else ", --use_bf16 auto: no native bf16 on this device"
         elif use_bf16 and warn and not native_bf16(device):
-            get_logger().warning("--use_bf16 true on a %s without native bf16 (no AVX-512/AMX): bf16 is emulated "
-                                 "here, over 10x slower than fp32; --use_bf16 auto trains in fp32 on such a "
-                                 "device and in bf16 where it is native", device.type.upper())
+            get_logger().warning("--use_bf16 true on a %s without native bf16 (%s): bf16 is emulated here, over 10x "
+                                 "slower than fp32 on a CPU; --use_bf16 auto trains in fp32 on such a device and in "
+                                 "bf16 where it is native", device.type.upper(),
+                                 "a GPU before Ampere" if device.type == "cuda" else "no AVX-512/AMX")
         if use_bf16:
             self.dtype = torch.bfloat16
         elif use_fp16 and device.type == "cuda":

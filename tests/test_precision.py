@@ -50,3 +50,11 @@ def test_explicit_bf16_on_an_emulating_cpu_warns_with_the_fix_once_per_run(monke
 
 def test_native_bf16_answers_what_onednn_reports_on_this_cpu():
     assert native_bf16(CPU) is bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def test_emulated_bf16_on_a_gpu_does_not_count_as_native(monkeypatch):
+    """torch.cuda.is_bf16_supported() says True on GPUs before Ampere, where bf16 is emulated."""
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: including_emulation)
+    assert native_bf16(torch.device("cuda")) is False
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)  # a torch without the argument
+    assert native_bf16(torch.device("cuda")) is True
