@@ -436,7 +436,7 @@ def comparison_lines(table: Path, own_label: str, own_acc: float, own_minutes: f
         acc = _number(row["top1_end"])
         gain = row.get(GAIN) or ("—" if acc is None or base_acc is None else f"{acc - base_acc:+.1f}")
         gain = "" if name in SUPERVISED or gain == "—" else f"  {gain} vs strongest supervised"
-        steps = f", {int(row['iterations']):,} steps" if (row.get("iterations") or "").isdigit() else ""
+        steps = f", {int(row['iterations']):,} steps" if _number(row.get("iterations", "")) else ""
         lines.append(f"  {label:38s} {fmt(acc)}%  ({row['train_min']} min{steps}, seed {row['seed']}){gain}")
     same = rows.get("supervised")
     same_acc = _number(same["top1_end"]) if same else None
@@ -449,7 +449,7 @@ def comparison_lines(table: Path, own_label: str, own_acc: float, own_minutes: f
         lines.append(f"this run ({own_label}, {own_minutes:.1f} min) vs the strongest supervised row "
                      f"({base['train_min']} min): {own_acc - base_acc:+.2f} points")
     own_row = rows.get(own_run)
-    if own_iterations and own_row and (own_row.get("iterations") or "").isdigit():
+    if own_iterations and own_row and _number(own_row.get("iterations", "")):
         ratio = own_iterations / int(own_row["iterations"])
         verdict = ("this machine is slower than the table's: its rows trained longer, compare with that in mind"
                    if ratio < 0.9 else "this machine is faster than the table's" if ratio > 1.1

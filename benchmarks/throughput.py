@@ -40,15 +40,7 @@ from src import perf  # noqa: E402
 from src.train_step import Precision, TrainStep  # noqa: E402
 from suave.args import get_args_parser as suave_parser  # noqa: E402
 from suave.method import SuaveMethod  # noqa: E402
-from launch.script_file import flatten, read_script_file  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def recipe_flags(path: str) -> list[str]:
-    """A recipe file's flags, so that a preset times exactly what the recipe trains."""
-    return flatten(list(read_script_file(str(REPO / path)).flags))
-
+from benchmarks.fmnist_benchmark import recipe_flags  # noqa: E402
 
 PRESETS = {
     "small": {
@@ -62,8 +54,8 @@ PRESETS = {
     },
     "fmnist": {  # the CPU recipes of the Fashion-MNIST benchmark (cnn6w2, 28/14 px), as their files say
         "classes": 10,
-        "suave": recipe_flags("suave/scripts/fmnist_1perc.sh"),
-        "daino": recipe_flags("daino/scripts/fmnist_1perc.sh"),
+        "suave": recipe_flags("suave/scripts/fmnist_1perc.sh", {})[1],
+        "daino": recipe_flags("daino/scripts/fmnist_1perc.sh", {})[1],
     },
     "imagenet": {
         "classes": 1000,
