@@ -436,7 +436,7 @@ def comparison_lines(table: Path, own_label: str, own_acc: float, own_minutes: f
         acc = _number(row["top1_end"])
         gain = row.get(GAIN) or ("—" if acc is None or base_acc is None else f"{acc - base_acc:+.1f}")
         gain = "" if name in SUPERVISED or gain == "—" else f"  {gain} vs strongest supervised"
-        steps = f", {int(row['iterations']):,} steps" if _number(row.get("iterations", "")) else ""
+        steps = f", {_steps(row):,} steps" if _steps(row) else ""
         lines.append(f"  {label:38s} {fmt(acc)}%  ({row['train_min']} min{steps}, seed {row['seed']}){gain}")
     same = rows.get("supervised")
     same_acc = _number(same["top1_end"]) if same else None
@@ -448,14 +448,14 @@ def comparison_lines(table: Path, own_label: str, own_acc: float, own_minutes: f
     else:
         lines.append(f"this run ({own_label}, {own_minutes:.1f} min) vs the strongest supervised row "
                      f"({base['train_min']} min): {own_acc - base_acc:+.2f} points")
-    own_row = rows.get(own_run)
-    if own_iterations and own_row and _number(own_row.get("iterations", "")):
-        ratio = own_iterations / int(own_row["iterations"])
+    own_steps = _steps(rows[own_run]) if own_run in rows else None
+    if own_iterations and own_steps:
+        ratio = own_iterations / own_steps
         verdict = ("this machine is slower than the table's: its rows trained longer, compare with that in mind"
                    if ratio < 0.9 else "this machine is faster than the table's" if ratio > 1.1
                    else "about the table's pace")
         lines.append(f"this run made {own_iterations:,} steps, the table's {own_label} row "
-                     f"{int(own_row['iterations']):,} ({ratio:.0%}): {verdict}")
+                     f"{own_steps:,} ({ratio:.0%}): {verdict}")
     return lines
 
 
@@ -464,6 +464,12 @@ def _number(text: str) -> float | None:
         return float(text)
     except ValueError:  # "—" or empty: not measured
         return None
+
+
+def _steps(row: dict) -> int | None:
+    """A table row's training steps (``iterations``), None when not recorded."""
+    steps = _number(row.get("iterations", ""))
+    return None if steps is None else int(steps)
 
 
 def read_rows(table: Path) -> list[dict]:
