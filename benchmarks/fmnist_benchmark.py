@@ -436,7 +436,8 @@ def comparison_lines(table: Path, own_label: str, own_acc: float, own_minutes: f
         acc = _number(row["top1_end"])
         gain = row.get(GAIN) or ("—" if acc is None or base_acc is None else f"{acc - base_acc:+.1f}")
         gain = "" if name in SUPERVISED or gain == "—" else f"  {gain} vs strongest supervised"
-        steps = f", {_steps(row):,} steps" if _steps(row) else ""
+        row_steps = _steps(row)
+        steps = f", {row_steps:,} steps" if row_steps else ""
         lines.append(f"  {label:38s} {fmt(acc)}%  ({row['train_min']} min{steps}, seed {row['seed']}){gain}")
     same = rows.get("supervised")
     same_acc = _number(same["top1_end"]) if same else None
