@@ -44,13 +44,16 @@ class RunHook:
 class TrainClock(RunHook):
     """Training wall time of this invocation, validations excluded; the time budget (--time_budget_min) and the
     validations every --eval_every_min minutes of training, appended to ``evals.csv``/``evals.jsonl`` (accuracy
-    vs time). Every rank reaches the same decision at the same step (one all-reduce)."""
+    vs time). Every rank reaches the same decision at the same step (one all-reduce). A timed validation due at
+    the step that ends the epoch or the budget is not run twice: the loop's end-of-epoch validation, at that same
+    step, gives its row."""
 
     def __init__(self, budget_min: float, eval_every_min: float, output_dir: str) -> None:
         self.budget_min, self.eval_every_min = budget_min, eval_every_min
         self.evals = StatsTable(output_dir, "evals") if distributed.is_main_process() else None
         self.started = time.perf_counter()
         self.eval_seconds, self.timed_evals = 0.0, 0
+        self.deferred: dict[str, Any] | None = None  # a timed row waiting for the end-of-epoch validation
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
@@ -76,14 +79,24 @@ class TrainClock(RunHook):
         flags = torch.tensor([float(budget), float(due)])
         distributed.all_reduce_sum(flags)  # every rank stops / evaluates at the same step
         if flags[1] > 0:
-            with self.paused():
-                self.timed_evals += 1
-                stats = trainer.validate()
-                row = {"train_minutes": round(self.train_seconds() / 60, 3), "epoch": epoch,
-                       "iteration": trainer.state.iteration, **stats}
-                if self.evals is not None:
-                    self.evals.append(row)
+            self.timed_evals += 1
+            row = {"train_minutes": round(self.train_seconds() / 60, 3), "epoch": epoch,
+                   "iteration": trainer.state.iteration}
+            if flags[0] > 0 or trainer.state.iter_in_epoch == trainer.data.iters_per_epoch:
+                self.deferred = row  # the epoch ends at this step and the loop validates it: once, not twice
+            else:
+                with self.paused():
+                    self._append({**row, **trainer.validate()})
         return bool(flags[0] > 0)
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:
+        if self.deferred is not None:
+            self._append({**self.deferred, **{k: v for k, v in row.items() if k.startswith("val")}})
+            self.deferred = None
+
+    def _append(self, row: dict[str, Any]) -> None:
+        if self.evals is not None:
+            self.evals.append(row)
 
 
 class StopAfterEpochs(RunHook):
