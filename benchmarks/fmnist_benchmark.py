@@ -40,6 +40,7 @@ import csv
 import json
 import math
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -93,6 +94,8 @@ class Stage:
 
 
 SCHEDULE_FLAGS = ("--epochs", "--max_iters_per_epoch", "--output_dir")  # sized per machine: may differ on reuse
+RUN_FLAGS = (*SCHEDULE_FLAGS, "--data_path", "--labels_perc", "--subset_file", "--seed", "--time_budget_min",
+             "--eval_every_min")  # what the benchmark sets per run: not a change to the recipe
 STAGE_RECORD = "benchmark_stage.json"
 
 
@@ -218,20 +221,58 @@ def read_stage_output(stage: Stage) -> None:
     stage.img_s = float(last_epoch_stats(stage.out_dir)["train_img_s"])
 
 
+def ran_command(run_dir: Path) -> tuple[str, dict[str, tuple[str, ...]]] | None:
+    """Entry script and flags (name -> values, in the command's order) of a run the benchmark launched, from the
+    first line of its ``stdout.log``; None when the folder has no such log."""
+    log = run_dir / "stdout.log"
+    words = shlex.split(log.read_text().splitlines()[0]) if log.is_file() else []
+    if len(words) < 2 or not words[1].endswith(".py"):
+        return None
+    return Path(words[1]).name, {f.name: tuple(f.values) for f in group_flags(words[2:], str(log))}
+
+
+def _same_precision(name: str, recipe_values: tuple[str, ...] | None) -> bool:
+    """The recipe leaves the precision to the machine (``--use_bf16 auto``): a run made in either is its run."""
+    return name == "--use_bf16" and recipe_values == ("auto",)
+
+
+def recipe_changes(recipe: str, ran: dict[str, tuple[str, ...]]) -> str:
+    """The flags a run was given that differ from its recipe file today (``--flags``, or a recipe since changed),
+    the benchmark's own per-run flags (data, list, seed, budget, schedule) aside: ``--arch cnn6 --base_lr 3.0``;
+    a recipe flag the run lacked reads ``(no --bn_momentum)``; "" when the run is the recipe."""
+    want = {f.name: tuple(f.values) for f in group_flags(recipe_flags(recipe, {})[1], recipe)}
+    changed = [" ".join([name, *values]) for name, values in ran.items()
+               if name not in RUN_FLAGS and values != want.get(name) and not _same_precision(name, want.get(name))]
+    changed += [f"(no {name})" for name in want if name not in ran and name not in RUN_FLAGS]
+    return " ".join(changed)
+
+
+def list_label(subset_file: str | None, data_path: str, labels_perc: str) -> str:
+    """Name of a labelled list for the tables: ``subsets/1percent_seed1.txt (make_subset, seed 1)`` for a list
+    ``--split_seed`` drew, ``subsets/NAME`` or the path given for another ``--subset_file``, and the conversion's
+    ``subsets/<P>percent.txt (conversion, seed 0)`` when the run had none."""
+    if not subset_file:
+        return default_list_name(data_path, labels_perc)
+    path = Path(subset_file)
+    name = f"subsets/{path.name}" if path.parent.name == "subsets" else subset_file
+    drawn = re.fullmatch(r"\d+percent_seed(\d+)\.txt", path.name)
+    return f"{name} (make_subset, seed {drawn.group(1)})" if drawn else name
+
+
 def check_reusable(stage: Stage, overrides: dict[str, list[str]]) -> None:
     """A finished run is reused only if its command (first line of its stdout.log) has the flags this benchmark
     would give it now, the budget-sized schedule aside; otherwise the error names the first difference."""
     log = stage.out_dir / "stdout.log"
-    words = shlex.split(log.read_text().splitlines()[0]) if log.exists() else []
+    command = ran_command(stage.out_dir)
     entry, wanted = recipe_flags(stage.recipe, overrides)
-    if len(words) < 2 or Path(words[1]).name != entry:
+    if command is None or command[0] != entry:
         raise SystemExit(f"--reuse: {log} does not start with the {entry} command of a benchmark run; "
                          f"delete {stage.out_dir} or drop --reuse")
-    ran = {f.name: f.values for f in group_flags(words[2:], str(log)) if f.name not in SCHEDULE_FLAGS}
+    ran = {name: values for name, values in command[1].items() if name not in SCHEDULE_FLAGS}
     want = {f.name: f.values for f in group_flags(wanted, stage.recipe) if f.name not in SCHEDULE_FLAGS}
     for name in sorted(set(ran) | set(want)):
-        if name == "--use_bf16" and tuple(want.get(name, ())) == ("auto",):
-            continue  # the recipe leaves the precision to the machine: a run made in either precision is its run
+        if _same_precision(name, tuple(want.get(name, ()))):
+            continue
         if ran.get(name) != want.get(name):
             raise SystemExit(f"--reuse: {stage.out_dir} was run with {name} {' '.join(ran.get(name, ('(absent)',)))}"
                              f" but {stage.recipe} with these --flags gives {' '.join(want.get(name, ('(absent)',)))}"
@@ -270,10 +311,16 @@ def end_accuracy(stages: list[Stage]) -> float | None:
 
 
 def table_row(name: str, stages: list[Stage], curve: list[tuple[float, float]], *, labels_perc: str,
-              labelled_list: str, budget_min: float, eval_every_min: float, seed: int) -> dict:
+              budget_min: float, eval_every_min: float, seed: int, data_path: str) -> dict:
     """One row of results.csv / results.md (accuracies in %, one decimal; the gain column is set by
-    ``add_gains``)."""
-    return {"run": name, "method": LABELS[name], "labels": f"{labels_perc}%", "labelled_list": labelled_list,
+    ``add_gains``). The labelled list and the flags that differ from the recipe are read from the command each
+    stage ran (its ``stdout.log``), not from this invocation's arguments: a reused run reports what it trained on."""
+    commands = [ran_command(stage.out_dir) for stage in stages]
+    ran = commands[-1][1] if commands[-1] else {}
+    changes = [recipe_changes(stage.recipe, command[1]) if command else "(command not recorded)"
+               for stage, command in zip(stages, commands)]
+    return {"run": name, "method": LABELS[name], "labels": f"{labels_perc}%",
+            "labelled_list": list_label(ran.get("--subset_file", [None])[0], data_path, labels_perc),
             **{f"top1_{t}min": fmt(accuracy_at(curve, t, 0.2 * eval_every_min)) for t in TIME_POINTS_MIN
                if t <= budget_min + 1e-9},
             "top1_end": fmt(end_accuracy(stages)), GAIN: "—",
@@ -282,7 +329,7 @@ def table_row(name: str, stages: list[Stage], curve: list[tuple[float, float]], 
             "images_per_s": "+".join(fmt(s.img_s, 0) for s in stages),
             "train_min": fmt(sum(float(s.results.get("train_minutes", 0)) for s in stages), 1),
             "wall_min": fmt(sum(s.wall_s for s in stages) / 60, 1),
-            "seed": seed}
+            "seed": ran["--seed"][0] if "--seed" in ran else seed, "flags": " + ".join(changes) if any(changes) else ""}
 
 
 def add_gains(rows: list[dict], ends: dict[str, float | None]) -> None:
@@ -330,8 +377,8 @@ def common_flags(args: argparse.Namespace, out: Path) -> tuple[dict[str, list[st
     ``--subset_file``, drawn here) and the name of the labelled list for the table."""
     common = {**{f.name: list(f.values) for f in group_flags(shlex.split(args.flags), "--flags")},
               "--data_path": [args.data_path], "--labels_perc": [args.labels_perc], "--seed": [str(args.seed)]}
-    if args.split_seed is None:
-        return common, default_list_name(args.data_path, args.labels_perc)
+    if args.split_seed is None:  # the conversion's list, or the one --flags names
+        return common, list_label(common.get("--subset_file", [None])[0], args.data_path, args.labels_perc)
     split = write_split(args.data_path, args.labels_perc, args.split_seed, out)
     print(f"labelled list: {split} ({args.labels_perc}% of the images, seed {args.split_seed})", flush=True)
     return {**common, "--subset_file": [str(split)]}, f"{split.relative_to(out)} (make_subset, seed {args.split_seed})"
@@ -386,8 +433,8 @@ def main() -> None:
         curve = curve_of(stages, classify_from=len(stages) - 1)
         curves[LABELS[name]] = curve
         ends[name] = end_accuracy(stages)
-        row = table_row(name, stages, curve, labels_perc=args.labels_perc, labelled_list=list_name,
-                        budget_min=args.budget_min, eval_every_min=args.eval_every_min, seed=args.seed)
+        row = table_row(name, stages, curve, labels_perc=args.labels_perc, budget_min=args.budget_min,
+                        eval_every_min=args.eval_every_min, seed=args.seed, data_path=args.data_path)
         rows.append(row)
         table = merged_table(rows, earlier, ends)
         print("  " + "  ".join(f"{k}={v}" for k, v in row.items()), flush=True)
@@ -412,45 +459,53 @@ def print_schedule(args: argparse.Namespace, common: dict[str, list[str]], out: 
     print(f"--seed {args.seed} --epochs {epochs} --max_iters_per_epoch {iters}")
 
 
-def comparison_lines(table: Path, own_label: str, own_acc: float, own_minutes: float,
+def comparison_lines(table: Path, own_label: str, own_curve: list[tuple[float, float]], own_minutes: float,
                      own_iterations: int | None = None, own_run: str = "suave") -> list[str]:
-    """What the demo prints beside its own accuracy: every row of the benchmark's ``results.csv`` (end accuracy,
-    steps, and each semi-supervised row's gain over the strongest supervised row), this run's gain over that row,
-    and for each of the five rows missing from the table the command that makes it. With ``own_iterations``, a
-    last line compares this run's steps with its own row's (``own_run``): a slower machine (or one that emulates
-    bf16) makes fewer steps in the same minutes, and the rows then compare with care. Tables written before the
-    ``run`` column name their rows in ``method`` (its ``supervised`` is the same-hyperparameter baseline)."""
+    """What the demo prints beside its own accuracy, like with like: the table's rows (``results.csv``) at the
+    latest of its time points (10, 20, 30 minutes) that this run reached, this run's accuracy at that point (from its
+    curve, ``own_curve``: (training minutes, test top-1), its final evaluation last) and its gain over the strongest
+    supervised row there; for each of the five rows missing from the table the command that makes it. A run shorter
+    than the first point is compared with nothing and told how to make one that is. With ``own_iterations`` and a
+    30-minute comparison, a last line compares this run's steps with its own row's (``own_run``): a slower machine
+    makes fewer steps in the same minutes. Tables written before the ``run`` column name their rows in
+    ``method``."""
     command = "python benchmarks/fmnist_benchmark.py --reuse"
     if not table.is_file():
         return [f"benchmark table {table} is missing: `{command}` writes it (5 runs x 30 min of training)"]
+    reached = [t for t in TIME_POINTS_MIN if t <= own_minutes + 0.5]
+    if not reached:
+        return [f"this run trained {own_minutes:.1f} min; the table ({table}) has top-1 at "
+                f"{', '.join(map(str, TIME_POINTS_MIN))} min: train {TIME_POINTS_MIN[0]} min or more "
+                f"(`-- --time_budget_min {TIME_POINTS_MIN[0]}`) to compare with it at the same training time"]
+    minute = reached[-1]
+    column = f"top1_{minute}min"
     rows = {row_key(row): row for row in read_rows(table)}
     base = rows.get(BASELINE)
-    base_acc = _number(base["top1_end"]) if base else None
-    lines = [f"benchmark rows ({table}), test top-1 at the end:"]
+    base_acc = _number(base.get(column, "")) if base else None
+    lines = [f"benchmark rows ({table}), test top-1 at {minute} min of training:"]
     for name in [*DEFAULT_RUNS, *(k for k in rows if k not in DEFAULT_RUNS)]:
         label = LABELS.get(name, name)
         row = rows.get(name)
         if row is None:
             lines.append(f"  {label:38s} not in the table: `{command}` runs it (and reads back the finished rows)")
             continue
-        acc = _number(row["top1_end"])
-        gain = row.get(GAIN) or ("—" if acc is None or base_acc is None else f"{acc - base_acc:+.1f}")
-        gain = "" if name in SUPERVISED or gain == "—" else f"  {gain} vs strongest supervised"
+        acc = _number(row.get(column, ""))
+        gain = "" if name in SUPERVISED or acc is None or base_acc is None else \
+            f"  {acc - base_acc:+.1f} vs strongest supervised"
         row_steps = _steps(row)
-        steps = f", {row_steps:,} steps" if row_steps else ""
-        lines.append(f"  {label:38s} {fmt(acc)}%  ({row['train_min']} min{steps}, seed {row['seed']}){gain}")
-    same = rows.get("supervised")
-    same_acc = _number(same["top1_end"]) if same else None
-    if base_acc is None and same_acc is not None:
-        lines.append(f"this run ({own_label}, {own_minutes:.1f} min): no strongest supervised row; vs supervised with "
-                     f"Suave's hyperparameters ({same['train_min']} min): {own_acc - same_acc:+.2f} points")
+        steps = f", {row_steps:,} steps in {row['train_min']} min" if row_steps else ""
+        lines.append(f"  {label:38s} {fmt(acc)}%  (seed {row['seed']}{steps}){gain}")
+    own_acc = accuracy_at(own_curve, minute, 0.5)
+    if own_acc is None:
+        lines.append(f"this run ({own_label}) has no evaluation by {minute} min to compare")
     elif base_acc is None:
-        lines.append(f"this run ({own_label}, {own_minutes:.1f} min): no supervised row to compare with")
+        lines.append(f"this run ({own_label}) at {minute} min: {own_acc:.2f}%; no strongest supervised row at "
+                     f"{minute} min to compare with")
     else:
-        lines.append(f"this run ({own_label}, {own_minutes:.1f} min) vs the strongest supervised row "
-                     f"({base['train_min']} min): {own_acc - base_acc:+.2f} points")
+        lines.append(f"this run ({own_label}) at {minute} min: {own_acc:.2f}%, {own_acc - base_acc:+.2f} points vs "
+                     f"the strongest supervised row at {minute} min")
     own_steps = _steps(rows[own_run]) if own_run in rows else None
-    if own_iterations and own_steps:
+    if own_iterations and own_steps and minute == TIME_POINTS_MIN[-1]:
         ratio = own_iterations / own_steps
         verdict = ("this machine is slower than the table's: its rows trained longer, compare with that in mind"
                    if ratio < 0.9 else "this machine is faster than the table's" if ratio > 1.1
@@ -458,6 +513,22 @@ def comparison_lines(table: Path, own_label: str, own_acc: float, own_minutes: f
         lines.append(f"this run made {own_iterations:,} steps, the table's {own_label} row "
                      f"{own_steps:,} ({ratio:.0%}): {verdict}")
     return lines
+
+
+def demo_plot(table: Path, own_label: str, own_curve: list[tuple[float, float]], path: Path) -> str:
+    """This run's accuracy curve beside the table's rows (their top-1 at 10/20/30 minutes) in one plot; returns the
+    line the demo prints (where the plot is, or why there is none)."""
+    series = {f"this run ({own_label})": own_curve}
+    for row in read_rows(table):
+        points = [(float(t), _number(row.get(f"top1_{t}min", ""))) for t in TIME_POINTS_MIN]
+        series[f"table: {LABELS.get(row_key(row), row_key(row))}"] = [(t, a) for t, a in points if a is not None]
+    try:
+        line_plot(series, str(path), x_label="training time (min)", y_label="test top-1 (%)",
+                  title=f"{own_label} against the table ({table.parent.name})",
+                  x_range=(0, max([TIME_POINTS_MIN[-1]] + [t for t, _ in own_curve]) + 1))
+    except SystemExit as missing:  # matplotlib is optional
+        return f"plot            none ({missing})"
+    return f"plot            {path}"
 
 
 def _number(text: str) -> float | None:

@@ -152,8 +152,8 @@ def test_gain_columns_against_a_hand_computed_table(tmp_path):
         read_stage_output(stage)
         got_ends[name] = end_accuracy([stage])
         curve = curve_of([stage], classify_from=0)
-        rows.append(table_row(name, [stage], curve, labels_perc="1", labelled_list="L", budget_min=30,
-                              eval_every_min=2.5, seed=31))
+        rows.append(table_row(name, [stage], curve, labels_perc="1", budget_min=30, eval_every_min=2.5, seed=31,
+                              data_path=str(tmp_path)))
         add_gains(rows, got_ends)
     write_tables(rows, tmp_path)
     by_run = {row["run"]: row for row in rows}
@@ -167,34 +167,58 @@ def test_gain_columns_against_a_hand_computed_table(tmp_path):
     header = [c.strip() for c in lines[0].strip("|").split("|")]
     assert header[:9] == ["run", "method", "labels", "labelled_list", "top1_10min", "top1_20min", "top1_30min",
                           "top1_end", GAIN]
-    assert "| suave | Suave | 1% | L | 84.9 | 86.9 | 87.9 | 87.9 | +3.0 | 4 | 4000 | 400 | 30.0 | 31.7 | 31 |" in lines
+    assert ("| suave | Suave | 1% | subsets/1percent.txt | 84.9 | 86.9 | 87.9 | 87.9 | +3.0 | 4 | 4000 | 400 | 30.0 | "
+            "31.7 | 31 | (command not recorded) |") in lines  # no stdout.log: the list is the conversion's
     with open(tmp_path / "results.csv", newline="") as handle:
         assert [row[GAIN] for row in csv.DictReader(handle)] == ["+1.3", "—", "+3.0", "-0.6", "—"]
     add_gains(rows, {k: v for k, v in got_ends.items() if k != "supervised_strong"})  # no baseline: no gain
     assert {row[GAIN] for row in rows} == {"—"}
 
 
-def test_the_demo_prints_every_row_its_gain_and_the_command_for_missing_ones(tmp_path):
+def test_the_demo_compares_with_every_row_at_the_same_training_time(tmp_path):
+    """A 20-minute run is set against the rows' top-1 at 20 minutes (not their 30-minute end), with its own
+    accuracy at 20 minutes read from its curve; missing rows get the command that makes them."""
     table = tmp_path / "results.csv"
-    table.write_text("run,method,top1_end,gain_vs_strongest_supervised,train_min,seed,iterations\n"
-                     "supervised_strong,strongest supervised (baseline),84.8,—,30.0,31,4920\n"
-                     "fixmatch,FixMatch (yardstick),86.1,+1.3,30.0,31,1784\n")
-    lines = comparison_lines(table, "Suave", 87.31, 29.5)
-    assert lines[1] == "  strongest supervised (baseline)        84.8%  (30.0 min, 4,920 steps, seed 31)"
-    assert lines[3] == ("  FixMatch (yardstick)                   86.1%  (30.0 min, 1,784 steps, seed 31)  +1.3 vs "
+    table.write_text("run,method,top1_10min,top1_20min,top1_30min,top1_end,train_min,seed,iterations\n"
+                     "supervised_strong,strongest supervised (baseline),81.6,83.1,85.0,85.0,27.5,31,3888\n"
+                     "fixmatch,FixMatch (yardstick),79.3,79.5,79.9,79.9,30.0,31,1594\n")
+    curve = [(10.1, 84.0), (17.6, 85.5), (20.1, 86.2), (20.3, 86.4)]  # the final evaluation last
+    lines = comparison_lines(table, "Suave", curve, 20.3)
+    assert lines[0] == f"benchmark rows ({table}), test top-1 at 20 min of training:"
+    assert lines[1] == "  strongest supervised (baseline)        83.1%  (seed 31, 3,888 steps in 27.5 min)"
+    assert lines[3] == ("  FixMatch (yardstick)                   79.5%  (seed 31, 1,594 steps in 30.0 min)  -3.6 vs "
                         "strongest supervised")
     missing = [line for line in lines if "not in the table" in line]
     assert [line.split()[0] for line in missing] == ["supervised", "Suave", "Daino"]
     assert all("`python benchmarks/fmnist_benchmark.py --reuse`" in line for line in missing)
-    assert lines[-1] == "this run (Suave, 29.5 min) vs the strongest supervised row (30.0 min): +2.51 points"
+    assert lines[-1] == "this run (Suave) at 20 min: 86.40%, +3.30 points vs the strongest supervised row at 20 min"
     old = tmp_path / "old.csv"  # a table written before the run column: rows named by method
-    old.write_text("method,top1_end,train_min,seed\nsupervised,82.7,30.0,31\nsuave,87.0,27.1,31\n")
-    lines = comparison_lines(old, "Suave", 86.91, 30.0)
-    assert "  supervised (Suave's hyperparameters)   82.7%  (30.0 min, seed 31)" in lines
-    assert lines[-1].endswith("no strongest supervised row; vs supervised with Suave's hyperparameters "
-                              "(30.0 min): +4.21 points")
-    assert comparison_lines(tmp_path / "absent.csv", "Suave", 80.0, 1.0)[0].startswith(
+    old.write_text("method,top1_10min,top1_end,train_min,seed\nsupervised,82.7,82.7,10.0,31\n")
+    lines = comparison_lines(old, "Suave", [(10.0, 83.9)], 10.0)
+    assert "  supervised (Suave's hyperparameters)   82.7%  (seed 31)" in lines
+    assert lines[-1] == "this run (Suave) at 10 min: 83.90%; no strongest supervised row at 10 min to compare with"
+    assert comparison_lines(tmp_path / "absent.csv", "Suave", [(1.0, 80.0)], 1.0)[0].startswith(
         f"benchmark table {tmp_path / 'absent.csv'} is missing: `python benchmarks/fmnist_benchmark.py --reuse`")
+
+
+def test_a_run_shorter_than_the_tables_first_point_is_not_compared_with_longer_rows(tmp_path):
+    table = tmp_path / "results.csv"
+    table.write_text("run,method,top1_10min,top1_end,train_min,seed\nsupervised_strong,s,81.6,85.0,30.0,31\n")
+    assert comparison_lines(table, "Suave", [(2.5, 70.0), (5.0, 76.9)], 5.0) == [
+        f"this run trained 5.0 min; the table ({table}) has top-1 at 10, 20, 30 min: train 10 min or more "
+        "(`-- --time_budget_min 10`) to compare with it at the same training time"]
+
+
+def test_the_demo_plot_draws_its_curve_beside_the_tables_rows(tmp_path):
+    pytest.importorskip("matplotlib")
+    from fmnist_benchmark import demo_plot
+    table = tmp_path / "results.csv"
+    table.write_text("run,method,top1_10min,top1_20min,top1_30min,top1_end,train_min,seed\n"
+                     "suave,Suave,84.7,86.9,87.8,87.8,30.0,31\n")
+    path = tmp_path / "exp" / "accuracy_vs_time.png"
+    path.parent.mkdir()
+    assert demo_plot(table, "Suave", [(2.5, 70.0), (10.0, 83.0)], path) == f"plot            {path}"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture
@@ -206,14 +230,15 @@ def converted_fmnist(fake_source, tmp_path) -> Path:
 
 def test_the_demo_says_when_its_machine_made_fewer_steps_than_the_tables(tmp_path):
     table = tmp_path / "results.csv"
-    table.write_text("run,method,top1_end,gain_vs_strongest_supervised,train_min,seed,iterations\n"
-                     "supervised_strong,strongest supervised (baseline),84.8,—,30.0,31,4920\n"
-                     "suave,Suave,87.8,+3.0,30.0,31,4471\n")
-    slow = comparison_lines(table, "Suave", 85.0, 30.0, own_iterations=1700)
+    table.write_text("run,method,top1_30min,top1_end,train_min,seed,iterations\n"
+                     "supervised_strong,strongest supervised (baseline),84.8,84.8,30.0,31,4920\n"
+                     "suave,Suave,87.8,87.8,30.0,31,4471\n")
+    slow = comparison_lines(table, "Suave", [(30.0, 85.0)], 30.0, own_iterations=1700)
     assert slow[-1] == ("this run made 1,700 steps, the table's Suave row 4,471 (38%): this machine is slower than "
                         "the table's: its rows trained longer, compare with that in mind")
-    assert comparison_lines(table, "Suave", 87.0, 30.0, own_iterations=4400)[-1].endswith("(98%): about the table's pace")
-    assert not comparison_lines(table, "Suave", 87.0, 30.0)[-1].startswith("this run made")  # no count given
+    assert comparison_lines(table, "Suave", [(30.0, 87.0)], 30.0, own_iterations=4400)[-1].endswith(
+        "(98%): about the table's pace")
+    assert not comparison_lines(table, "Suave", [(30.0, 87.0)], 30.0)[-1].startswith("this run made")  # no count
 
 
 def test_second_split_is_balanced_deterministic_and_not_the_conversions_list(converted_fmnist, tmp_path):
@@ -267,7 +292,7 @@ def test_a_row_run_alone_joins_the_earlier_table_instead_of_replacing_it(tmp_pat
                      "suave,1%,84.7,86.9,87.8,87.8,3,4471,419,30.0,32.2,31\n"
                      "daino,10%,86.3,89.8,89.8,89.8,2,4826,454,30.0,33.5,31\n"
                      "fixmatch,1%,70.0,75.0,80.0,80.0,8,1000,250,30.0,31.0,31\n")
-    conversion = "subsets/1percent.txt (conversion, seed 0)"
+    conversion = "subsets/1percent.txt"  # the conversion's list, named without its marker file (tmp_path has none)
     kept = earlier_rows(table, "1%", conversion, ["supervised_strong", "fixmatch"], on_conversion_list=True)
     assert [(row["run"], row["method"]) for row in kept] == [("supervised", "supervised (Suave's hyperparameters)"),
                                                              ("suave", "Suave")]
@@ -276,8 +301,7 @@ def test_a_row_run_alone_joins_the_earlier_table_instead_of_replacing_it(tmp_pat
     stage = Stage(RECIPES["supervised_strong"][0], tmp_path / "supervised_strong", 30)
     read_stage_output(stage)
     new = table_row("supervised_strong", [stage], curve_of([stage], classify_from=0), labels_perc="1",
-                    labelled_list=conversion, budget_min=30, eval_every_min=2.5,
-                    seed=31)
+                    budget_min=30, eval_every_min=2.5, seed=31, data_path=str(tmp_path))
     rows = merged_table([new], kept, {"supervised_strong": end_accuracy([stage])})
     write_tables(rows, tmp_path)
     with open(table, newline="") as handle:
