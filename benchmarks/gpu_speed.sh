@@ -12,7 +12,7 @@
 #
 #   bash benchmarks/gpu_speed.sh [LOG_DIR]      # logs in LOG_DIR (default $OUT, else /tmp/gpu_speed)
 #   PARTS=2 bash benchmarks/gpu_speed.sh        # part 2 alone
-# Needs the project's requirements (job_launcher.py imports submitit). Results: benchmarks/README.md#on-one-gpu.
+# Needs the project's requirements (job_launcher.py imports submitit). Results: benchmarks/README.md, (b) and (c).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

@@ -336,3 +336,27 @@ def test_the_plot_shows_the_earlier_rows_whose_folder_holds_their_run(tmp_path, 
                       LABELS["swav+suave"]: [(20.0, 70.0), (30.0, 81.4)]}  # stage 2 only, after stage 1's 15 min
     err = capsys.readouterr().err
     assert "leaves out the row suave" in err and "leaves out the row daino" in err
+
+
+def test_the_table_names_the_list_and_flags_each_run_actually_used(converted_fmnist, tmp_path):
+    """A run trained on another list through --flags "--subset_file LIST" is named by that list, not by the
+    conversion's default; a reused run reports the list, seed and flags of its own command (stdout.log), and the
+    flags column lists what differs from the recipe file (a recipe flag the run lacked included)."""
+    import argparse
+    other = tmp_path / "lists" / "mine.txt"
+    args = argparse.Namespace(flags=f"--subset_file {other}", data_path=str(converted_fmnist), labels_perc="1",
+                              seed=31, split_seed=None)
+    assert common_flags(args, tmp_path)[1] == str(other)
+    recipe = RECIPES["fixmatch"][0]
+    _synthetic_run(tmp_path / "fixmatch", 83.93, [(10.0, 79.8)])
+    entry, flags = recipe_flags(recipe, {"--subset_file": ["/elsewhere/out/subsets/1percent_seed1.txt"],
+                                         "--seed": ["32"], "--arch": ["cnn6"], "--output_dir": ["/x"]})
+    bn = flags.index("--bn_momentum")
+    flags = flags[:bn] + flags[bn + 2:]  # made before the recipe set --bn_momentum
+    (tmp_path / "fixmatch" / "stdout.log").write_text(shlex.join(["python", f"/repo/{entry}", *flags]) + "\n")
+    stage = Stage(recipe, tmp_path / "fixmatch", 30)
+    read_stage_output(stage)
+    row = table_row("fixmatch", [stage], curve_of([stage], classify_from=0), labels_perc="1", budget_min=30,
+                    eval_every_min=2.5, seed=31, data_path=str(converted_fmnist))
+    assert row["labelled_list"] == "subsets/1percent_seed1.txt (make_subset, seed 1)"
+    assert row["seed"] == "32" and row["flags"] == "--arch cnn6 (no --bn_momentum)"

@@ -1,5 +1,5 @@
 """benchmarks/throughput.py's ``fmnist`` preset times what the Fashion-MNIST CPU recipes train, in the precision
-asked for (its step times are in benchmarks/README.md#bf16-on-a-cpu-without-avx-512)."""
+asked for (its step times are in benchmarks/results/measured_without_run_files.md)."""
 from __future__ import annotations
 
 import sys
