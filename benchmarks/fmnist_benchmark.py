@@ -459,22 +459,23 @@ def print_schedule(args: argparse.Namespace, common: dict[str, list[str]], out: 
     print(f"--seed {args.seed} --epochs {epochs} --max_iters_per_epoch {iters}")
 
 
-def comparison_lines(table: Path, own_label: str, own_curve: list[tuple[float, float]], own_minutes: float,
+def comparison_lines(table: Path, own_label: str, own_curve: list[tuple[float, float]], budget_min: float,
                      own_iterations: int | None = None, own_run: str = "suave") -> list[str]:
     """What the demo prints beside its own accuracy, like with like: the table's rows (``results.csv``) at the
-    latest of its time points (10, 20, 30 minutes) that this run reached, this run's accuracy at that point (from its
-    curve, ``own_curve``: (training minutes, test top-1), its final evaluation last) and its gain over the strongest
-    supervised row there; for each of the five rows missing from the table the command that makes it. A run shorter
-    than the first point is compared with nothing and told how to make one that is. With ``own_iterations`` and a
+    latest of its time points (10, 20, 30 minutes) within this run's budget (``--time_budget_min``), this run's
+    accuracy there (the latest evaluation by then on its curve, ``own_curve``: (training minutes, test top-1), its
+    final evaluation last; the table's columns follow the same rule) and its gain over the strongest supervised row
+    there; for each of the five rows missing from the table the command that makes it. A budget shorter than the
+    first point is compared with nothing and told how to make a run that is. With ``own_iterations`` and a
     30-minute comparison, a last line compares this run's steps with its own row's (``own_run``): a slower machine
     makes fewer steps in the same minutes. Tables written before the ``run`` column name their rows in
     ``method``."""
     command = "python benchmarks/fmnist_benchmark.py --reuse"
     if not table.is_file():
         return [f"benchmark table {table} is missing: `{command}` writes it (5 runs x 30 min of training)"]
-    reached = [t for t in TIME_POINTS_MIN if t <= own_minutes + 0.5]
+    reached = [t for t in TIME_POINTS_MIN if t <= budget_min + 1e-9]
     if not reached:
-        return [f"this run trained {own_minutes:.1f} min; the table ({table}) has top-1 at "
+        return [f"this run's budget was {budget_min:g} min; the table ({table}) has top-1 at "
                 f"{', '.join(map(str, TIME_POINTS_MIN))} min: train {TIME_POINTS_MIN[0]} min or more "
                 f"(`-- --time_budget_min {TIME_POINTS_MIN[0]}`) to compare with it at the same training time"]
     minute = reached[-1]

@@ -46,18 +46,18 @@ python job_launcher.py --mode local --num_gpus 0 --method suave --script_file "$
     --data_dir "$DATA" --name fmnist_suave_1perc --base_experiment_dir "$base" -- $schedule "${overrides[@]}"
 exp=$(ls -d "$base"/*-fmnist_suave_1perc | sort | tail -n 1)
 [ "$exp" != "$before" ] || { echo "[demo] no new experiment directory in $base" >&2; exit 1; }
-python - "$exp" <<'EOF'
+python - "$exp" "$budget" <<'EOF'
 import json, sys
 from pathlib import Path
 sys.path.insert(0, "benchmarks")
 from fmnist_benchmark import Stage, comparison_lines, curve_of, demo_plot, read_jsonl
-exp = Path(sys.argv[1])
+exp, budget = Path(sys.argv[1]), float(sys.argv[2])
 result = json.loads((exp / "results.json").read_text())
 curve = curve_of([Stage("", exp, 0, results=result, evals=read_jsonl(exp / "evals.jsonl"))], classify_from=0)
 print(f"\nSuave, Fashion-MNIST, 1% labels: test top-1 {result['val_acc1']:.2f}% after "
       f"{result['train_minutes']:.1f} min of training ({result['iterations']} iterations)")
 table = Path("benchmarks", "results", "fmnist_1perc", "results.csv")
-print("\n".join(comparison_lines(table, "Suave", curve, result["train_minutes"], result["iterations"])))
+print("\n".join(comparison_lines(table, "Suave", curve, budget, result["iterations"])))
 for name in ("checkpoint.pth", "train.log", "stats.csv", "evals.csv"):
     if (exp / name).is_file():
         print(f"{name:16s}{exp / name}")

@@ -177,13 +177,14 @@ def test_gain_columns_against_a_hand_computed_table(tmp_path):
 
 def test_the_demo_compares_with_every_row_at_the_same_training_time(tmp_path):
     """A 20-minute run is set against the rows' top-1 at 20 minutes (not their 30-minute end), with its own
-    accuracy at 20 minutes read from its curve; missing rows get the command that makes them."""
+    accuracy at 20 minutes read from its curve (its final evaluation, 0.3 min after the mark); missing rows get the
+    command that makes them."""
     table = tmp_path / "results.csv"
     table.write_text("run,method,top1_10min,top1_20min,top1_30min,top1_end,train_min,seed,iterations\n"
                      "supervised_strong,strongest supervised (baseline),81.6,83.1,85.0,85.0,27.5,31,3888\n"
                      "fixmatch,FixMatch (yardstick),79.3,79.5,79.9,79.9,30.0,31,1594\n")
     curve = [(10.1, 84.0), (17.6, 85.5), (20.1, 86.2), (20.3, 86.4)]  # the final evaluation last
-    lines = comparison_lines(table, "Suave", curve, 20.3)
+    lines = comparison_lines(table, "Suave", curve, 20)
     assert lines[0] == f"benchmark rows ({table}), test top-1 at 20 min of training:"
     assert lines[1] == "  strongest supervised (baseline)        83.1%  (seed 31, 3,888 steps in 27.5 min)"
     assert lines[3] == ("  FixMatch (yardstick)                   79.5%  (seed 31, 1,594 steps in 30.0 min)  -3.6 vs "
@@ -205,7 +206,7 @@ def test_a_run_shorter_than_the_tables_first_point_is_not_compared_with_longer_r
     table = tmp_path / "results.csv"
     table.write_text("run,method,top1_10min,top1_end,train_min,seed\nsupervised_strong,s,81.6,85.0,30.0,31\n")
     assert comparison_lines(table, "Suave", [(2.5, 70.0), (5.0, 76.9)], 5.0) == [
-        f"this run trained 5.0 min; the table ({table}) has top-1 at 10, 20, 30 min: train 10 min or more "
+        f"this run's budget was 5 min; the table ({table}) has top-1 at 10, 20, 30 min: train 10 min or more "
         "(`-- --time_budget_min 10`) to compare with it at the same training time"]
 
 
