@@ -40,7 +40,7 @@ from src.errors import FlagError, UserError
 from src.losses import soft_cross_entropy
 from src.method import Method, Schedules, StepOutput
 from src.metrics import accuracy
-from src.models import NetworkOutput, build_backbone, forward_by_resolution
+from src.models import NetworkOutput, backbone_from_flags, forward_by_resolution
 from src.objective import labelled_targets
 from src.optim import param_groups
 
@@ -82,8 +82,7 @@ class Classifier(nn.Module):
 
 
 def build_classifier(args: argparse.Namespace, num_classes: int) -> Classifier:
-    kwargs: dict[str, Any] = {"small_stem": True} if args.small_stem else {}
-    return Classifier(build_backbone(args.arch, **kwargs), num_classes)
+    return Classifier(backbone_from_flags(args), num_classes)
 
 
 def set_batchnorm_momentum(network: nn.Module, momentum: float) -> nn.Module:

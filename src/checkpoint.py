@@ -330,9 +330,9 @@ def extract_state_dict(checkpoint: Mapping, checkpoint_key: str = "teacher", whe
             f"no state_dict found under {checkpoint_key!r} in checkpoint{where} with entries "
             f"{sorted(map(str, checkpoint))}; pass checkpoint_key naming the entry that holds the weights"
         )
-    held = ", ".join(sorted(networks))
+    held, flags = ", ".join(sorted(networks)), checkpoint.get("args")
     why = (" (a Suave run without --use_momentum keeps no teacher / momentum encoder)"
-           if checkpoint_key == "teacher" and checkpoint.get("method_name") == "suave" else "")
+           if checkpoint_key == "teacher" and isinstance(flags, dict) and flags.get("use_momentum") is False else "")
     raise CheckpointError(
         f"checkpoint{where} has no {checkpoint_key!r} network{why}; it holds: {held}. "
         f"Pass --checkpoint_key {sorted(networks)[0]} (checkpoint_key=...) to load that one"

@@ -56,7 +56,7 @@ class Trainer:
         self.student_ddp = self._wrap_student(self.method.student)
         self.method.forward_student = perf.maybe_compile(self.student_ddp, args)
         self.method.restart_ema_from_student()  # after DDP's broadcast, as the releases
-        fixes = active_fixes(args, self.method.name)
+        fixes = active_fixes(args)
         self.logger.info("arithmetic: %s", "release-exact" if not fixes else "fixes on: " + ", ".join(fixes))
         self.optimizer = perf.maybe_fuse(self.method.build_optimizer(), args, self.device)
         self.schedules: Schedules = self.method.build_schedules(self.data.iters_per_epoch)
