@@ -97,7 +97,7 @@ class Trainer:
         ckpt = read_checkpoint(self.checkpoint_path)
         with resuming_into(self.checkpoint_path, ckpt, self.method.name, plain_args(self.args)):
             self.method.student.load_state_dict(ckpt["student"])
-            networks = checkpoint_networks(ckpt)  # the contract's names, or where layout 1 kept them
+            networks = checkpoint_networks(ckpt)  # the contract's names, or version 1's places
             for name, network in self.method.kept_networks().items():
                 if name in networks:
                     network.load_state_dict(networks[name])

@@ -173,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="folder to write backbone.pth/.safetensors, classifier.pt2")
     parser.add_argument("--checkpoint_key", default=None, choices=["student", "teacher"],
                         help="network to export (default: Daino's teacher, Suave's student)")
-    parser.add_argument("--data_path", default=None, help="only for checkpoints from before layout 2: the data "
-                                                          "the run was trained on (names the classes)")
+    parser.add_argument("--data_path", default=None, help="only for version-1 checkpoints, which do not name "
+                                                          "their classes: the data the run was trained on")
     parser.add_argument("--no_program", action="store_true", help="skip classifier.pt2 (the backbone only)")
     args = parser.parse_args(argv)
     try:

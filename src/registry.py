@@ -26,7 +26,7 @@ class Entry:
     method: str = ""  # "module:Class" of the method; the module also defines data_config(args)
     main_network: str = "student"  # the network validation reports as ``main`` when the run kept it
     main_head: str = "main"  # what evaluation tables call that ``main`` head
-    init_flag: str = ""  # the flag naming released weights to start from (it tells layout-1 checkpoints apart)
+    init_flag: str = ""  # the flag naming released weights to start from (it tells version-1 checkpoints apart)
 
     @property
     def module(self) -> str:

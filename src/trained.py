@@ -36,8 +36,8 @@ def method_parts(name: str) -> MethodParts:
 
 
 def checkpoint_method(checkpoint: dict, where: str) -> str:
-    """``method_name`` of a checkpoint (layout 1: told by the init flag its flags hold), or UserError if it is not
-    one of ours."""
+    """``method_name`` of a checkpoint (version 1, which lacks it: the registered method whose ``init_flag`` its
+    flags hold), or UserError if it is not one of ours."""
     name = checkpoint.get("method_name")
     if name is None and isinstance(checkpoint.get("args"), dict):
         name = next((entry.name for entry in registry.methods()
@@ -99,7 +99,7 @@ class TrainedModel:
 
 
 def _classes(checkpoint: dict, data_path: str | None, where: str) -> list[str]:
-    """The stored class names; for a layout-1 checkpoint, the sorted folders of DATA/train (``data_path``, else
+    """The stored class names; for a version-1 checkpoint (no ``classes``), the sorted folders of DATA/train (``data_path``, else
     the run's own ``--data_path`` when it still exists)."""
     if checkpoint.get("classes"):
         return list(checkpoint["classes"])
@@ -121,8 +121,8 @@ def load_trained(path: str, device: torch.device | str = "cpu", expect_method: s
     """Rebuild the method of checkpoint ``path`` with its weights on ``device``, in eval mode.
 
     ``expect_method`` (a registered method name): refuse another method's checkpoint, naming the right entry point.
-    ``data_path`` names the classes of a layout-1 checkpoint (from ``DATA/train``; default: the run's own). ``overrides`` replace
-    stored flags (e.g. ``val_batch_size``).
+    ``data_path`` names the classes of a version-1 checkpoint (from ``DATA/train``; default: the run's own).
+    ``overrides`` replace stored flags (e.g. ``val_batch_size``).
     """
     checkpoint = read_checkpoint(path, flag="--checkpoint")
     where = os.fspath(path)
