@@ -28,10 +28,10 @@ REPO = Path(__file__).resolve().parents[1]
 def test_every_entry_resolves_to_its_script_parser_and_method(name):
     entry = registry.entry(name)
     assert (REPO / entry.script).is_file() and registry.by_script(entry.script) is entry
-    args = entry.get_parser().parse_args([])
-    assert hasattr(args, "arch") and hasattr(args, "patch_size") and hasattr(args, "small_stem")
-    if entry.method:  # the class names itself (the checkpoint's method_name) and its module has data_config
-        assert entry.method_class().name == name and callable(entry.data_config())
+    args = entry.get_parser().parse_args([])  # every flag has a default (src.trained rebuilds runs from them)
+    if entry.method:  # the class names itself (the checkpoint's method_name), its module has data_config, and
+        assert entry.method_class().name == name and callable(entry.data_config())  # backbone_from_flags reads:
+        assert {"arch", "patch_size", "small_stem"} <= set(vars(args))
 
 
 def test_no_product_module_spells_a_registered_name_but_its_own():
