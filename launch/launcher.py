@@ -188,7 +188,7 @@ def check_job_inputs(args: dict[str, Any]) -> None:
             raise UserError(f"{args['data_path']} has no {split}/ folder: --data_dir must hold train/<class>/ and "
                             f"val/<class>/ (the job would fail at start)")
     try:  # missing, a directory, truncated, unsafe pickle; a labelled list missing or not fetched: says which
-        for flag in [flag for flag in ("swav_init_ckpt", "dino_init_ckpt") if args.get(flag)]:
+        for flag in [entry.init_flag for entry in registry.methods() if entry.init_flag and args.get(entry.init_flag)]:
             read_checkpoint(args[flag], f"--{flag}")
         if "labels_perc" in args or "subset_file" in args:
             resolve_subset_file(args["data_path"], args.get("labels_perc"), args.get("subset_file"))

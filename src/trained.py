@@ -44,9 +44,10 @@ def checkpoint_method(checkpoint: dict, where: str) -> str:
                      if entry.init_flag and entry.init_flag in checkpoint["args"]), None)
     if name not in [entry.name for entry in registry.methods()]:
         scripts = " / ".join(entry.script for entry in registry.methods())
+        init_flags = " / ".join(f"--{entry.init_flag}" for entry in registry.methods() if entry.init_flag)
         raise UserError(f"{where} is not a checkpoint written by {scripts} (entries "
                         f"{sorted(map(str, checkpoint))[:8]}); use EXP/checkpoint.pth of a run of this project "
-                        "(released SwAV/DINO files start a run: --swav_init_ckpt / --dino_init_ckpt)")
+                        f"(released SwAV/DINO files start a run: {init_flags})")
     return name
 
 
@@ -99,8 +100,8 @@ class TrainedModel:
 
 
 def _classes(checkpoint: dict, data_path: str | None, where: str) -> list[str]:
-    """The stored class names; for a version-1 checkpoint (no ``classes``), the sorted folders of DATA/train (``data_path``, else
-    the run's own ``--data_path`` when it still exists)."""
+    """The stored class names; for a version-1 checkpoint (no ``classes``), the sorted folders of DATA/train
+    (``data_path``, else the run's own ``--data_path`` when it still exists)."""
     if checkpoint.get("classes"):
         return list(checkpoint["classes"])
     stored = checkpoint["args"].get("data_path")
