@@ -19,8 +19,9 @@ import os
 import sys
 from typing import Any, Callable
 
-from launch.launcher import CODE_ROOT, ENTRIES, RESUME_ADJUSTABLE, execute, plan
+from launch.launcher import CODE_ROOT, RESUME_ADJUSTABLE, execute, plan
 from launch.script_file import StrictParser
+from src import registry
 from src.errors import UserError
 
 
@@ -45,8 +46,8 @@ def build_parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     def add(*names: str, default: object = None, **kwargs: object) -> None:
         parser.add_argument(*names, default=argparse.SUPPRESS if suppress_defaults else default, **kwargs)
 
-    add("--method", default="suave", choices=list(ENTRIES),
-        help="entry point the recipe runs (suave); eval_semisup / eval_linear: the evaluation scripts")
+    add("--method", default=registry.names()[0], choices=registry.names(),
+        help="the method or evaluation the recipe runs (src/registry.py) (%(default)s)")
     add("--script_file", type=str, help="recipe (<method>/scripts/train_10perc.sh)")
     add("--data_dir", default="/data/datasets/imagenet", type=str,
         help="dataset root holding train/ and val/ (/data/datasets/imagenet)")

@@ -12,13 +12,12 @@ from __future__ import annotations
 import argparse
 import sys
 
-from src.cli import run_main, train_or_evaluate
 from daino.args import get_args_parser
-from daino.method import DainoMethod, data_config
+from src.cli import run_main, train_or_evaluate
 
 
 def main(args: argparse.Namespace) -> dict:
-    return train_or_evaluate(args, "daino", data_config, DainoMethod)
+    return train_or_evaluate(args, "daino")
 
 
 if __name__ == "__main__":

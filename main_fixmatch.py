@@ -13,12 +13,11 @@ import argparse
 import sys
 
 from fixmatch.args import get_args_parser
-from fixmatch.method import FixMatchMethod, data_config
 from src.cli import run_main, train_or_evaluate
 
 
 def main(args: argparse.Namespace) -> dict:
-    return train_or_evaluate(args, "fixmatch", data_config, FixMatchMethod)
+    return train_or_evaluate(args, "fixmatch")
 
 
 if __name__ == "__main__":

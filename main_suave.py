@@ -14,11 +14,10 @@ import sys
 
 from src.cli import run_main, train_or_evaluate
 from suave.args import get_args_parser
-from suave.method import SuaveMethod, data_config
 
 
 def main(args: argparse.Namespace) -> dict:
-    return train_or_evaluate(args, "suave", data_config, SuaveMethod)
+    return train_or_evaluate(args, "suave")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from src.args import add_data_args, add_run_args, bool_flag
+from src.args import add_backbone_args, add_data_args, add_run_args, bool_flag
 from src.release_fixes import add_fix_args
 
 
@@ -11,13 +11,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("Daino", add_help=False)
     add_data_args(parser)
     add_run_args(parser)
-    add_fix_args(parser, "daino")
+    add_fix_args(parser, "mix_weight_rows", "mix_own_bn_batch", "student_train_mode", "seed_per_rank",
+                 "dino_std_everywhere", "amp_eval")
     parser.set_defaults(seed=0)
 
     g = parser.add_argument_group("model")
-    g.add_argument("--arch", default="vit_small", type=str, help="backbone (see src.models.available_backbones())")
-    g.add_argument("--patch_size", default=16, type=int, help="ViT patch size")
-    g.add_argument("--small_stem", type=bool_flag, default=False, help="(new) small-image ResNet stem")
+    add_backbone_args(g, "vit_small")
     g.add_argument("--out_dim", default=None, type=int,
                    help="DINO head outputs = number of classes (default: the number of classes; "
                         "a different value is an error outside --train_mode selfsup)")

@@ -12,22 +12,18 @@ from typing import Any
 
 import torch
 
-from src.data import UnlabelledBatch
+from src.data import DINO_STD, SWAV_STD, UnlabelledBatch
 from src.data_setup import DataConfig, dino_multicrop_config
 from src.distributed import get_world_size
 from src.errors import UserError
 from src.ema import frozen_copy, paired_parameters
 from src.losses import DINOLoss
 from src.method import Method, Schedules, init_from_checkpoint, resolve_num_outputs
-from src.models import DINOHead, DINONetwork, NetworkOutput, build_backbone
+from src.models import DINOHead, DINONetwork, NetworkOutput, backbone_from_flags
 from src.optim import DINOLARS, cosine_schedule, param_groups
 from src.release_fixes import fix_on
 
 N_GLOBAL_VIEWS = 2
-
-
-DINO_STD = (0.229, 0.224, 0.225)
-SWAV_STD = (0.228, 0.224, 0.225)
 
 
 def data_config(args: argparse.Namespace) -> DataConfig:
@@ -42,14 +38,7 @@ def data_config(args: argparse.Namespace) -> DataConfig:
 
 
 def build_daino_network(args: argparse.Namespace, out_dim: int, student: bool) -> DINONetwork:
-    kwargs: dict[str, Any] = {}
-    if args.arch.startswith("vit"):
-        kwargs["patch_size"] = args.patch_size
-        if student:
-            kwargs["drop_path_rate"] = args.drop_path_rate
-    elif args.small_stem:
-        kwargs["small_stem"] = True
-    backbone = build_backbone(args.arch, **kwargs)
+    backbone = backbone_from_flags(args, drop_path_rate=args.drop_path_rate if student else 0.0)
     head = DINOHead(backbone.num_features, out_dim, use_bn=args.use_bn_in_head,
                     norm_last_layer=args.norm_last_layer)
     return DINONetwork(backbone, head)

@@ -13,7 +13,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("FixMatch", add_help=False)
     add_data_args(parser)
     add_run_args(parser)
-    add_fix_args(parser, "fixmatch")  # only --all_fixes applies: validation under autocast (--amp_eval), as Suave
+    add_fix_args(parser)  # only --all_fixes applies: validation under autocast (--amp_eval), as Suave
     parser.set_defaults(seed=31, temperature=1.0)  # the classifier's logits are the scores (src.trained reads it)
 
     g = parser.add_argument_group("fixmatch")

@@ -16,26 +16,19 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import urlparse
 
 import submitit
 
-from daino.args import get_args_parser as daino_parser
-from fixmatch.args import get_args_parser as fixmatch_parser
 from launch import records
 from launch.script_file import Flag, absolutize_paths, flatten, group_flags, merge_flags, read_script_file, \
     validate_flags
+from src import registry
 from src.atomic_io import write_json_atomic, write_text_atomic
-from src.downstream.args import linear_args_parser, semisup_args_parser
 from src.errors import UserError
-from suave.args import get_args_parser as suave_parser
 
 CODE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENTRIES: dict[str, tuple[str, Callable]] = {  # --method: the entry module it runs and that entry point's parser
-    "suave": ("main_suave", suave_parser), "daino": ("main_daino", daino_parser),
-    "eval_semisup": ("eval_semisup", semisup_args_parser), "eval_linear": ("eval_linear", linear_args_parser),
-    "fixmatch": ("main_fixmatch", fixmatch_parser)}
 # What the launcher itself sets (from --data_dir and the experiment directory): never from a recipe or override.
 LAUNCHER_FLAGS = {"--data_path": "--data_dir", "--output_dir": "--experiment_dir/--name"}
 # Launcher options a --resume may change (with --dry_run): resources only, never what defines the experiment.
@@ -62,9 +55,9 @@ class Plan:
 def plan(opts: dict[str, Any], explicit: set[str], overrides: list[str], entry_root: str, argv: list[str]) -> Plan:
     """Check and resolve a launch (new or ``--resume``; ``explicit``: the options given), for Slurm with its inputs."""
     record, flags = _resumed(opts, explicit, overrides) if opts["resume"] else _new(opts, overrides, entry_root, argv)
-    launch, (module, get_parser) = record["launcher"], ENTRIES[record["launcher"]["method"]]
-    namespace = validate_flags(get_parser, flags, module + ".py")
-    record.update(entry_script=os.path.join(entry_root, module + ".py"),
+    launch, entry = record["launcher"], registry.entry(record["launcher"]["method"])
+    namespace = validate_flags(entry.get_parser, flags, entry.script)
+    record.update(entry_script=os.path.join(entry_root, entry.script),
                   train_args=json.loads(json.dumps(vars(namespace), default=str)))
     gpus, port = launch["num_gpus"], launch["master_port"]  # torchrun: a free port, or a static rendezvous at port
     rendezvous = ["--standalone"] if port is None else ["--nnodes", "1", "--master_addr", "127.0.0.1",
@@ -77,7 +70,7 @@ def plan(opts: dict[str, Any], explicit: set[str], overrides: list[str], entry_r
             plan.code_snapshot = os.path.join(record["experiment_dir"], "code")
         job_root = plan.code_snapshot if plan.code_snapshot and entry_root == CODE_ROOT else entry_root
         plan.slurm_params = job_parameters(launch, job_root, [plan.code_snapshot or CODE_ROOT, job_root])
-        plan.trainer = SlurmTrainer(module, flatten(flags), port)
+        plan.trainer = SlurmTrainer(entry.module, flatten(flags), port)
         plan.sbatch_preview = "".join(f"#SBATCH {option}\n" for option in sbatch_options(plan.slurm_params)) + \
             "\n".join(plan.slurm_params["setup"]) + "\n"
         if not plan.dry_run:
@@ -90,7 +83,7 @@ def _new(opts: dict[str, Any], overrides: list[str], entry_root: str, argv: list
     """A new experiment's record and flags: recipe < --device cpu (--num_gpus 0) < overrides < the launcher's."""
     opts = dict(opts, name=opts["name"] or opts["method"], data_dir=os.path.abspath(os.path.expanduser(
         opts["data_dir"])), base_experiment_dir=os.path.abspath(os.path.expanduser(opts["base_experiment_dir"])))
-    method, module, tasks = opts["method"], ENTRIES[opts["method"]][0], opts["tasks_per_node"]
+    method, script, tasks = opts["method"], registry.entry(opts["method"]).script, opts["tasks_per_node"]
     if opts["mode"] == "local" and opts["num_nodes"] > 1:
         raise UserError(f"--num_nodes {opts['num_nodes']} needs --mode slurm: local mode runs on this machine only")
     if tasks is not None and (opts["mode"] != "slurm" or opts["num_gpus"] > 0 or tasks < 1):
@@ -98,9 +91,9 @@ def _new(opts: dict[str, Any], overrides: list[str], entry_root: str, argv: list
                         "GPUs there is one task per GPU, locally use --num_gpus N -- --device cpu")
     if not os.path.isdir(opts["data_dir"]):
         raise UserError(f"data directory not found: {opts['data_dir']} (give --data_dir, the folder of train/, val/)")
-    script = read_script_file(opts["script_file"] or os.path.join(entry_root, method, "scripts", "train_10perc.sh"))
-    if script.entry != module + ".py":
-        raise UserError(f"{script.path} runs {script.entry} but --method is {method} (which runs {module}.py): pass "
+    recipe = read_script_file(opts["script_file"] or os.path.join(entry_root, method, "scripts", "train_10perc.sh"))
+    if recipe.entry != script:
+        raise UserError(f"{recipe.path} runs {recipe.entry} but --method is {method} (which runs {script}): pass "
                         f"the matching --method or a {method} script")
     name = opts["experiment_dir"] or f"{datetime.datetime.now().strftime('%Y_%m_%d_%H_%M_%S')}-{opts['name']}"
     experiment_dir = os.path.join(opts["base_experiment_dir"], os.path.expanduser(name))
@@ -110,13 +103,13 @@ def _new(opts: dict[str, Any], overrides: list[str], entry_root: str, argv: list
     override_flags = group_flags(overrides, "the overrides after --")
     if ours := next((flag.name for flag in override_flags if flag.name in LAUNCHER_FLAGS), None):
         raise UserError(f"{ours} is set by the launcher: use {LAUNCHER_FLAGS[ours]} instead of -- {ours}")
-    flags = [flag for flag in script.flags if flag.name not in LAUNCHER_FLAGS]
+    flags = [flag for flag in recipe.flags if flag.name not in LAUNCHER_FLAGS]
     if opts["num_gpus"] == 0:
         flags = merge_flags(flags, [Flag(("--device", "cpu"), "job_launcher.py (--num_gpus 0)")])
     flags = absolutize_paths(merge_flags(flags, override_flags), os.getcwd()) + [
         Flag(("--data_path", opts["data_dir"]), "job_launcher.py"),
         Flag(("--output_dir", experiment_dir), "job_launcher.py")]
-    return {"method": method, "experiment_dir": experiment_dir, "script_file": script.path,
+    return {"method": method, "experiment_dir": experiment_dir, "script_file": recipe.path,
             "launcher": {k: v for k, v in opts.items() if k not in ("script_file", "experiment_dir", "resume",
                                                                      "dry_run")}, "overrides": list(overrides),
             "train_flags": flatten(flags), "launcher_argv": argv}, flags
@@ -195,7 +188,7 @@ def check_job_inputs(args: dict[str, Any]) -> None:
             raise UserError(f"{args['data_path']} has no {split}/ folder: --data_dir must hold train/<class>/ and "
                             f"val/<class>/ (the job would fail at start)")
     try:  # missing, a directory, truncated, unsafe pickle; a labelled list missing or not fetched: says which
-        for flag in [flag for flag in ("swav_init_ckpt", "dino_init_ckpt") if args.get(flag)]:
+        for flag in [entry.init_flag for entry in registry.methods() if entry.init_flag and args.get(entry.init_flag)]:
             read_checkpoint(args[flag], f"--{flag}")
         if "labels_perc" in args or "subset_file" in args:
             resolve_subset_file(args["data_path"], args.get("labels_perc"), args.get("subset_file"))

@@ -8,9 +8,9 @@ import re
 import shlex
 from typing import Callable, NamedTuple, NoReturn
 
+from src import registry
 from src.errors import UserError
 
-ENTRY_SCRIPTS = ("main_suave.py", "main_daino.py", "main_fixmatch.py", "eval_semisup.py", "eval_linear.py")
 PATH_FLAG = re.compile(r"(_path|_dir|_ckpt|_file|_weights|^pretrained)$")
 
 
@@ -55,8 +55,9 @@ def read_script_file(path: str) -> ScriptFile:
             except ValueError as exc:  # an unclosed quote
                 raise UserError(f"cannot read line {number} of {path}: {exc}") from exc
     tokens = tokens[1:] if tokens and os.path.basename(tokens[0]).startswith("python") else tokens
-    if not tokens or os.path.basename(tokens[0]) not in ENTRY_SCRIPTS:
-        raise UserError(f"the first word of {path} must be one of {', '.join(ENTRY_SCRIPTS)} "
+    if not tokens or registry.by_script(os.path.basename(tokens[0])) is None:
+        scripts = ", ".join(entry.script for entry in registry.ENTRIES.values())
+        raise UserError(f"the first word of {path} must be one of {scripts} "
                         f"(found {tokens[0] if tokens else 'nothing'!r})")
     return ScriptFile(path, os.path.basename(tokens[0]), tuple(group_flags(tokens[1:], path)))
 

@@ -99,9 +99,11 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_backbone_args(group: argparse._ArgumentGroup, default_arch: str) -> None:
-    """``--arch`` and ``--small_stem`` (Suave's and FixMatch's backbone flags)."""
+    """``--arch``, ``--patch_size`` and ``--small_stem``: every parser's backbone flags
+    (``src.models.backbone_from_flags`` reads them)."""
     group.add_argument("--arch", default=default_arch, type=str,
                        help="backbone (see src.models.available_backbones())")
+    group.add_argument("--patch_size", default=16, type=int, help="ViT patch size (16)")
     group.add_argument("--small_stem", type=bool_flag, default=False,
                        help="(new) 3x3 stride-1 stem without max-pool for 28-64 px images (ResNets)")
 

@@ -8,7 +8,7 @@ global changes. Writing is atomic (:mod:`src.atomic_io`): a temporary file besid
 The checkpoint contract (layout version 2; ``EXP/checkpoint.pth`` written by ``src.engine.Trainer``)
 --------------------------------------------------------------------------------------------------
 ``layout_version``       2 (:data:`LAYOUT_VERSION`); files without it are version 1 (see below).
-``method_name``          ``"suave"`` or ``"daino"``: which entry point trained it.
+``method_name``          the registered name of the method that trained it (``src/registry.py``).
 ``student``              the trainable network's ``state_dict()`` (``SwAVNetwork``: ``backbone.*``,
                          ``projection_head.*``, ``prototypes.*``, probes; ``DINONetwork``: ``backbone.*``,
                          ``head.*``), unwrapped (no ``module.`` prefix).
@@ -28,7 +28,7 @@ The checkpoint contract (layout version 2; ``EXP/checkpoint.pth`` written by ``s
 ``UserError``) naming the networks the file holds; it never falls back to another one. A plain state_dict
 (the SwAV release, DINO's backbone-only file) holds a single network and loads whatever the key.
 
-Version 1 (this project before the contract): no ``layout_version``/``method_name``/``classes``/
+Version 1 (files without ``layout_version``): no ``layout_version``/``method_name``/``classes``/
 ``eval_preprocessing``, Daino's teacher in ``method["teacher"]``, Suave's momentum encoder in
 ``method["ema"]``. Loaders read those networks there; evaluation takes the classes from ``DATA/train`` and the
 preprocessing from the flags; predict and export ask for ``--data_path`` to name the classes.
@@ -330,9 +330,9 @@ def extract_state_dict(checkpoint: Mapping, checkpoint_key: str = "teacher", whe
             f"no state_dict found under {checkpoint_key!r} in checkpoint{where} with entries "
             f"{sorted(map(str, checkpoint))}; pass checkpoint_key naming the entry that holds the weights"
         )
-    held = ", ".join(sorted(networks))
+    held, flags = ", ".join(sorted(networks)), checkpoint.get("args")
     why = (" (a Suave run without --use_momentum keeps no teacher / momentum encoder)"
-           if checkpoint_key == "teacher" and checkpoint.get("method_name") == "suave" else "")
+           if checkpoint_key == "teacher" and isinstance(flags, dict) and flags.get("use_momentum") is False else "")
     raise CheckpointError(
         f"checkpoint{where} has no {checkpoint_key!r} network{why}; it holds: {held}. "
         f"Pass --checkpoint_key {sorted(networks)[0]} (checkpoint_key=...) to load that one"

@@ -30,11 +30,13 @@ def run_main(get_parser: Callable[[], argparse.ArgumentParser], main: Callable[[
     return 0
 
 
-def train_or_evaluate(args: argparse.Namespace, method_name: str, data_config: Callable,
-                      method_class: Callable) -> dict:
-    """An entry point's ``main``: evaluate the checkpoint of ``--evaluate``, or train with the shared engine."""
+def train_or_evaluate(args: argparse.Namespace, method_name: str) -> dict:
+    """An entry point's ``main``: evaluate the checkpoint of ``--evaluate``, or train registered method
+    ``method_name`` (``src.registry``) with the shared engine."""
     if args.evaluate:
         from src.evaluate import evaluate_checkpoint
         return evaluate_checkpoint(args, method_name)
+    from src import registry
     from src.engine import run_training
-    return run_training(args, data_config, method_class)
+    entry = registry.entry(method_name)
+    return run_training(args, entry.data_config(), entry.method_class())

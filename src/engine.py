@@ -56,7 +56,7 @@ class Trainer:
         self.student_ddp = self._wrap_student(self.method.student)
         self.method.forward_student = perf.maybe_compile(self.student_ddp, args)
         self.method.restart_ema_from_student()  # after DDP's broadcast, as the releases
-        fixes = active_fixes(args, self.method.name)
+        fixes = active_fixes(args)
         self.logger.info("arithmetic: %s", "release-exact" if not fixes else "fixes on: " + ", ".join(fixes))
         self.optimizer = perf.maybe_fuse(self.method.build_optimizer(), args, self.device)
         self.schedules: Schedules = self.method.build_schedules(self.data.iters_per_epoch)
@@ -97,7 +97,7 @@ class Trainer:
         ckpt = read_checkpoint(self.checkpoint_path)
         with resuming_into(self.checkpoint_path, ckpt, self.method.name, plain_args(self.args)):
             self.method.student.load_state_dict(ckpt["student"])
-            networks = checkpoint_networks(ckpt)  # the contract's names, or where layout 1 kept them
+            networks = checkpoint_networks(ckpt)  # the contract's names, or version 1's places
             for name, network in self.method.kept_networks().items():
                 if name in networks:
                     network.load_state_dict(networks[name])

@@ -15,7 +15,7 @@ import os
 import types
 from typing import Any
 
-from src import distributed
+from src import distributed, registry
 from src.atomic_io import write_json_atomic
 from src.data import ImageDataset, build_val_loader, class_index, scan_image_folder
 from src.data_setup import capped_workers, eval_transform
@@ -89,12 +89,18 @@ def evaluate_checkpoint(cli_args: argparse.Namespace, method_name: str) -> dict[
         if distributed.is_main_process():
             report_path = os.path.join(output_dir, EVAL_NAME)
             write_json_atomic(report_path, results)
-            ema = "ema" if "teacher" in trained.networks else "student"  # FixMatch with --ema_decay 0 keeps none
-            print(format_table(stats, {"daino": "teacher", "fixmatch": ema}.get(method_name, "prototypes")))
+            print(format_table(stats, main_head_name(trained)))
             print(f"wrote {report_path}")
         return results
     finally:
         distributed.cleanup()
+
+
+def main_head_name(trained: TrainedModel) -> str:
+    """What the table calls the ``main`` head: the registry entry's ``main_head`` when validation used its
+    ``main_network`` (FixMatch with --ema_decay 0 keeps no EMA model: then the student)."""
+    entry = registry.entry(trained.method_name)
+    return entry.main_head if trained.main_network == entry.main_network else trained.main_network
 
 
 def format_table(stats: dict[str, float], main_name: str) -> str:

@@ -30,13 +30,8 @@ from torch import nn
 
 from src.atomic_io import atomic_open, atomic_path, write_json_atomic
 from src.errors import UserError
+from src.models import BackboneFlags
 from src.trained import ClassScores, TrainedModel, classifier, load_trained
-
-TORCHVISION_RESNETS = {"resnet18", "resnet34", "resnet50"}
-TIMM_VITS = {"vit_tiny": "vit_tiny_patch{p}_224", "vit_small": "vit_small_patch{p}_224",
-             "vit_base": "vit_base_patch{p}_224", "deit_tiny": "vit_tiny_patch{p}_224",
-             "deit_small": "vit_small_patch{p}_224"}
-
 
 @dataclass
 class BackboneTarget:
@@ -49,21 +44,20 @@ class BackboneTarget:
 
 
 def backbone_target(args: argparse.Namespace) -> BackboneTarget:
-    """torchvision / timm model with the key layout of ``--arch`` (and its stem / patch size)."""
-    arch = args.arch
-    small_stem = bool(getattr(args, "small_stem", False)) and "resnet" in arch
-    if arch.removeprefix("tv_") in TORCHVISION_RESNETS:
-        name = arch.removeprefix("tv_")
+    """torchvision / timm model with the key layout of ``--arch`` (and its stem / patch size):
+    ``src.models.BackboneFlags.public_model``."""
+    flags = BackboneFlags.from_args(args)
+    (library, name), small_stem = flags.public_model(), flags.small_stem and not flags.is_vit
+    if library == "torchvision":
         code = f"model = torchvision.models.{name}(weights=None); model.fc = torch.nn.Identity()"
         if small_stem:
             code += ("; model.conv1 = torch.nn.Conv2d(3, model.conv1.out_channels, 3, 1, 1, bias=False); "
                      "model.maxpool = torch.nn.Identity()")
         return BackboneTarget("torchvision", name, small_stem, code)
-    if arch in TIMM_VITS:
-        name = TIMM_VITS[arch].format(p=args.patch_size)
+    if library == "timm":
         return BackboneTarget("timm", name, False, f"model = timm.create_model('{name}', pretrained=False, num_classes=0)")
-    return BackboneTarget("", arch, small_stem,
-                          f"model = src.models.build_backbone('{arch}') (no torchvision / timm equivalent)")
+    return BackboneTarget("", name, small_stem,
+                          f"model = src.models.build_backbone('{name}') (no torchvision / timm equivalent)")
 
 
 def build_target(target: BackboneTarget) -> nn.Module:
@@ -179,8 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="folder to write backbone.pth/.safetensors, classifier.pt2")
     parser.add_argument("--checkpoint_key", default=None, choices=["student", "teacher"],
                         help="network to export (default: Daino's teacher, Suave's student)")
-    parser.add_argument("--data_path", default=None, help="only for checkpoints from before layout 2: the data "
-                                                          "the run was trained on (names the classes)")
+    parser.add_argument("--data_path", default=None, help="only for version-1 checkpoints, which do not name "
+                                                          "their classes: the data the run was trained on")
     parser.add_argument("--no_program", action="store_true", help="skip classifier.pt2 (the backbone only)")
     args = parser.parse_args(argv)
     try:

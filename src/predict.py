@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--checkpoint_key", default=None, choices=["student", "teacher"],
                         help="network to predict with (default: Daino's teacher, Suave's student)")
     parser.add_argument("--data_path", default=None,
-                        help="only for checkpoints from before layout 2: the training data (names the classes)")
+                        help="only for version-1 checkpoints, which do not name their classes: the training data")
     args = parser.parse_args(argv)
     try:
         summary = predict(args.checkpoint, args.images, args.out, args.batch_size, args.device, args.workers,

@@ -16,52 +16,53 @@ from src.args import bool_flag
 @dataclass(frozen=True)
 class Fix:
     name: str
-    methods: tuple[str, ...]  # "suave", "daino"
     release: str  # what the release computes (the default)
     fix: str  # what the flag computes instead
 
 
 FIXES: tuple[Fix, ...] = (
-    Fix("mix_weight_rows", ("suave", "daino"),
+    Fix("mix_weight_rows",
         "the mixed unlabelled term weighs M/total, M = the number of mixed views (mixed_unlab_bs = "
         "mixed_unlab_output.size(0) on a [views, B, K] tensor)",
         "it weighs B*M/total, its share of the rows like every other term"),
-    Fix("mix_own_bn_batch", ("suave", "daino"),
+    Fix("mix_own_bn_batch",
         "mixed views go through the backbone right after the views they mix, so BatchNorm normalises "
         "[labelled, v0, v1, mixed] as one batch",
         "mixed views go through the backbone last, in a batch of their own"),
-    Fix("student_train_mode", ("daino",),
+    Fix("student_train_mode",
         "the student stays in eval mode (the debug validation before training sets it; training never "
         "calls train()), so drop path never acts; the teacher trains in train mode until the first validation",
         "student and teacher in train mode during training (DINO)"),
-    Fix("seed_per_rank", ("suave", "daino"),
+    Fix("seed_per_rank",
         "every rank seeds torch/numpy/random with --seed (identical dropout/drop-path draws on every rank)",
         "rank r seeds --seed + r"),
-    Fix("dino_std_everywhere", ("daino",),
+    Fix("dino_std_everywhere",
         "labelled and validation images are normalised with std (0.228, 0.224, 0.225), unlabelled views "
         "with (0.229, 0.224, 0.225)",
         "(0.229, 0.224, 0.225) everywhere (DINO's)"),
-    Fix("amp_eval", ("suave", "daino"),
+    Fix("amp_eval",
         "validation runs in fp32", "validation runs under the training autocast (faster, bf16/fp16 logits)"),
-    Fix("ensemble_scaled", ("suave",),
+    Fix("ensemble_scaled",
         "the validation ensemble sums the probes' softmaxes and softmax(raw scores)",
         "it sums softmax(scores / --temperature), the training-time calibration of the prototypes"),
-    Fix("probes_clean_rows", ("suave",),
+    Fix("probes_clean_rows",
         "with --mixup_lab_type replace the online probes train on every labelled row, mixed or not, "
         "against the (soft) mixed targets (lab_bs_no_mixed = lab_bs)",
         "the probes train on unmixed rows only"),
 )
 
+FIX_BY_NAME = {fix.name: fix for fix in FIXES}
 
-def add_fix_args(parser: argparse.ArgumentParser, method: str) -> None:
-    """``--all_fixes`` and one ``--<fix>`` per deviation that applies to ``method``."""
+
+def add_fix_args(parser: argparse.ArgumentParser, *names: str) -> None:
+    """``--all_fixes`` and one ``--<fix>`` per deviation ``names`` that applies to the method (its parser says
+    which; a name not in FIXES is a KeyError)."""
     g = parser.add_argument_group("differences from the release (default: the release's arithmetic)")
     g.add_argument("--all_fixes", type=bool_flag, default=False,
                    help="(new) turn on every fix below (an explicit --<fix> false still wins)")
-    for fix in FIXES:
-        if method in fix.methods:
-            g.add_argument(f"--{fix.name}", type=bool_flag, default=None,
-                           help=f"(new) release: {fix.release}. true: {fix.fix}")
+    for fix in (FIX_BY_NAME[name] for name in names):
+        g.add_argument(f"--{fix.name}", type=bool_flag, default=None,
+                       help=f"(new) release: {fix.release}. true: {fix.fix}")
 
 
 def fix_on(args: argparse.Namespace, name: str) -> bool:
@@ -70,6 +71,7 @@ def fix_on(args: argparse.Namespace, name: str) -> bool:
     return bool(getattr(args, "all_fixes", False)) if value is None else bool(value)
 
 
-def active_fixes(args: argparse.Namespace, method: str) -> list[str]:
-    """Names of the fixes of ``method`` that are on (for the log)."""
-    return [fix.name for fix in FIXES if method in fix.methods and fix_on(args, fix.name)]
+def active_fixes(args: argparse.Namespace) -> list[str]:
+    """Names of the fixes that the method's parser offers (its flags are in ``args``) and that are on (for the
+    log)."""
+    return [fix.name for fix in FIXES if hasattr(args, fix.name) and fix_on(args, fix.name)]

@@ -24,8 +24,8 @@ from src.release_fixes import fix_on
 
 def native_bf16(device: torch.device) -> bool:
     """Whether ``device`` computes bf16 natively: a CUDA GPU that supports it, or a CPU where oneDNN has bf16
-    kernels (AVX-512 or AMX). On an AVX2-only CPU oneDNN falls back to slow kernels: a Suave step of the
-    Fashion-MNIST recipe took 17.4 s in bf16 against 1.05 s in fp32 (benchmarks/results/measured_without_run_files.md)."""
+    kernels (AVX-512 or AMX). On an AVX2-only CPU oneDNN emulates bf16 with slow kernels (timings:
+    benchmarks/results/measured_without_run_files.md)."""
     if device.type == "cuda":  # emulated bf16 (GPUs before Ampere) does not count
         try:
             return torch.cuda.is_bf16_supported(including_emulation=False)

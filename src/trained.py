@@ -8,7 +8,6 @@ and returns them in eval mode with the class names and the evaluation preprocess
 from __future__ import annotations
 
 import argparse
-import importlib
 import os
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -16,18 +15,11 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from src import registry
 from src.checkpoint import LAYOUT_VERSION, checkpoint_networks, read_checkpoint
 from src.data import class_index
 from src.errors import UserError
 from src.train_step import Precision, validation_precision
-
-# method name -> (module with the method class and data_config, method class, module with get_args_parser)
-METHODS = {"suave": ("suave.method", "SuaveMethod", "suave.args"),
-           "daino": ("daino.method", "DainoMethod", "daino.args"),
-           "fixmatch": ("fixmatch.method", "FixMatchMethod", "fixmatch.args")}  # the yardstick (docs/fixmatch.md)
-ENTRY_POINTS = {"suave": "main_suave.py", "daino": "main_daino.py", "fixmatch": "main_fixmatch.py"}
-# flags that would read other files when the method is rebuilt: the weights come from the checkpoint instead
-_INIT_FLAGS = {"swav_init_ckpt": None, "dino_init_ckpt": None, "require_init_ckpt": False}
 
 
 @dataclass
@@ -38,23 +30,24 @@ class MethodParts:
 
 
 def method_parts(name: str) -> MethodParts:
-    """The method class, its ``data_config`` and its flag parser, imported by method name."""
-    method_module, class_name, args_module = METHODS[name]
-    module = importlib.import_module(method_module)
-    return MethodParts(getattr(module, class_name), module.data_config,
-                       importlib.import_module(args_module).get_args_parser)
+    """The method class, its ``data_config`` and its flag parser of registered method ``name``."""
+    entry = registry.entry(name)
+    return MethodParts(entry.method_class(), entry.data_config(), entry.get_parser)
 
 
 def checkpoint_method(checkpoint: dict, where: str) -> str:
-    """``method_name`` of a checkpoint (layout 1: told by its flags), or UserError if it is not one of ours."""
+    """``method_name`` of a checkpoint (version 1, which lacks it: the registered method whose ``init_flag`` its
+    flags hold), or UserError if it is not one of ours."""
     name = checkpoint.get("method_name")
     if name is None and isinstance(checkpoint.get("args"), dict):
-        args = checkpoint["args"]
-        name = "suave" if "swav_init_ckpt" in args else "daino" if "dino_init_ckpt" in args else None
-    if name not in METHODS:
-        raise UserError(f"{where} is not a checkpoint written by main_suave.py / main_daino.py (entries "
+        name = next((entry.name for entry in registry.methods()
+                     if entry.init_flag and entry.init_flag in checkpoint["args"]), None)
+    if name not in [entry.name for entry in registry.methods()]:
+        scripts = " / ".join(entry.script for entry in registry.methods())
+        init_flags = " / ".join(f"--{entry.init_flag}" for entry in registry.methods() if entry.init_flag)
+        raise UserError(f"{where} is not a checkpoint written by {scripts} (entries "
                         f"{sorted(map(str, checkpoint))[:8]}); use EXP/checkpoint.pth of a run of this project "
-                        "(released SwAV/DINO files start a run: --swav_init_ckpt / --dino_init_ckpt)")
+                        f"(released SwAV/DINO files start a run: {init_flags})")
     return name
 
 
@@ -64,7 +57,8 @@ def method_args(checkpoint: dict, parts: MethodParts, overrides: dict[str, Any] 
     args = parts.get_args_parser().parse_args([])
     for key, value in checkpoint["args"].items():
         setattr(args, key, value)
-    for key, value in {**_INIT_FLAGS, **(overrides or {})}.items():
+    init_flags = {entry.init_flag: None for entry in registry.methods() if entry.init_flag}
+    for key, value in {**init_flags, "require_init_ckpt": False, **(overrides or {})}.items():
         setattr(args, key, value)
     return args
 
@@ -84,8 +78,10 @@ class TrainedModel:
 
     @property
     def main_network(self) -> str:
-        """The network the method validates with: Daino's teacher, FixMatch's EMA model, Suave's student."""
-        return "teacher" if self.method_name in ("daino", "fixmatch") and "teacher" in self.networks else "student"
+        """The network the method validates with (its registry entry's ``main_network`` when kept, else the
+        student): Daino's teacher, FixMatch's EMA model, Suave's student."""
+        wanted = registry.entry(self.method_name).main_network
+        return wanted if wanted in self.networks else "student"
 
     def eval_precision(self) -> Precision:
         """The precision validation runs in for this run's flags (fp32 unless --amp_eval), so that predictions
@@ -104,8 +100,8 @@ class TrainedModel:
 
 
 def _classes(checkpoint: dict, data_path: str | None, where: str) -> list[str]:
-    """The stored class names; for a layout-1 checkpoint, the sorted folders of DATA/train (``data_path``, else
-    the run's own ``--data_path`` when it still exists)."""
+    """The stored class names; for a version-1 checkpoint (no ``classes``), the sorted folders of DATA/train
+    (``data_path``, else the run's own ``--data_path`` when it still exists)."""
     if checkpoint.get("classes"):
         return list(checkpoint["classes"])
     stored = checkpoint["args"].get("data_path")
@@ -125,15 +121,15 @@ def load_trained(path: str, device: torch.device | str = "cpu", expect_method: s
                  data_path: str | None = None, overrides: dict[str, Any] | None = None) -> TrainedModel:
     """Rebuild the method of checkpoint ``path`` with its weights on ``device``, in eval mode.
 
-    ``expect_method`` ("suave"/"daino"): refuse another method's checkpoint, naming the right entry point.
-    ``data_path`` names the classes of a layout-1 checkpoint (from ``DATA/train``; default: the run's own). ``overrides`` replace
-    stored flags (e.g. ``val_batch_size``).
+    ``expect_method`` (a registered method name): refuse another method's checkpoint, naming the right entry point.
+    ``data_path`` names the classes of a version-1 checkpoint (from ``DATA/train``; default: the run's own).
+    ``overrides`` replace stored flags (e.g. ``val_batch_size``).
     """
     checkpoint = read_checkpoint(path, flag="--checkpoint")
     where = os.fspath(path)
     name = checkpoint_method(checkpoint, where)
     if expect_method is not None and name != expect_method:
-        raise UserError(f"{where} is a {name} checkpoint: evaluate it with python {ENTRY_POINTS[name]}")
+        raise UserError(f"{where} is a {name} checkpoint: evaluate it with python {registry.entry(name).script}")
     parts = method_parts(name)
     args = method_args(checkpoint, parts, overrides)
     classes = _classes(checkpoint, data_path, where)

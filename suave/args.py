@@ -11,7 +11,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser("Suave", add_help=False)
     add_data_args(parser)
     add_run_args(parser)
-    add_fix_args(parser, "suave")
+    add_fix_args(parser, "mix_weight_rows", "mix_own_bn_batch", "seed_per_rank", "amp_eval", "ensemble_scaled",
+                 "probes_clean_rows")
     parser.set_defaults(seed=31)
 
     g = parser.add_argument_group("multi-crop (unlabelled views)")

@@ -13,14 +13,14 @@ from typing import Any
 import torch
 
 from src.clustering import SwAVQueue, sinkhorn_knopp
-from src.data import LabelledBatch, UnlabelledBatch
+from src.data import SWAV_STD, LabelledBatch, UnlabelledBatch
 from src.data_setup import DataConfig, swav_multicrop_config
 from src.distributed import get_world_size
 from src.ema import frozen_copy, paired_parameters
 from src.errors import UserError
 from src.logging_utils import get_logger
 from src.method import Method, Schedules, init_from_checkpoint, resolve_num_outputs
-from src.models import NetworkOutput, SwAVNetwork, build_backbone
+from src.models import NetworkOutput, SwAVNetwork, backbone_from_flags
 from src.objective import ObjectiveInputs
 from src.optim import LARS, cosine_schedule, param_groups
 from src.release_fixes import fix_on
@@ -30,13 +30,11 @@ def data_config(args: argparse.Namespace) -> DataConfig:
     """Suave's data: SwAV multi-crop for unlabelled images, the release's ImageNet normalisation."""
     return DataConfig.from_args(args, unlab_batch_size=args.batch_size, lab_batch_size=args.lab_batch_size,
                                 workers=args.workers, multicrop=swav_multicrop_config(args),
-                                default_std=(0.228, 0.224, 0.225))
+                                default_std=SWAV_STD)
 
 
 def build_suave_network(args: argparse.Namespace, num_prototypes: int) -> SwAVNetwork:
-    backbone_kwargs: dict[str, Any] = {"small_stem": True} if args.small_stem else {}
-    backbone = build_backbone(args.arch, **backbone_kwargs)
-    return SwAVNetwork(backbone, hidden_mlp=args.hidden_mlp, feat_dim=args.feat_dim,
+    return SwAVNetwork(backbone_from_flags(args), hidden_mlp=args.hidden_mlp, feat_dim=args.feat_dim,
                        nmb_prototypes=num_prototypes, normalize=True, multihead_eval=args.multihead_eval,
                        ensemble_eval=args.ensemble_eval, bn_ensemble=args.bn_ensemble,
                        detach_ensemble=args.detach_ensemble)

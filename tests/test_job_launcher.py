@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 import job_launcher
-from launch.launcher import ENTRIES
 from launch.script_file import Flag, group_flags, merge_flags, read_script_file, validate_flags
+from src import registry
 from src.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -172,7 +172,7 @@ def test_every_flag_of_the_released_recipes_exists(path):
     script = read_script_file(path)
     method = os.path.basename(os.path.dirname(os.path.dirname(path)))
     flags = list(script.flags) + [Flag(("--data_path", "/d"), "test"), Flag(("--output_dir", "/o"), "test")]
-    args = validate_flags(ENTRIES[method][1], flags, script.entry)  # the project's own parser accepts every flag
+    args = validate_flags(registry.entry(method).get_parser, flags, script.entry)  # the project's own parser accepts every flag
     assert args.epochs == int(next(f.values[0] for f in script.flags if f.name == "--epochs"))
     assert args.output_dir == "/o"
 

@@ -5,20 +5,18 @@ labelled ``standard``/``light`` recipes) op by op, keeping the op order and ever
 original (same torchvision ``get_params``, same calls to torch's, Python's and numpy's generators), so a
 seeded sample gets the same crop boxes, flips, jitter factors, blur radii and solarisations. What changes:
 
-- hue: torchvision's PIL hue goes RGB -> HSV -> RGB through PIL's float conversions (about 70 % of the
-  colour jitter's time). Here the shifted image is read from a table indexed by the pixel's colour at 6 bits
-  per channel (``HueTable``), built once per integer hue shift with torchvision's own function (the shift is
-  ``int(hue_factor * 255)``, so a recipe has at most 103 of them, ~0.8 MB each). Pixel values differ from the
-  exact op by 1.2 levels of 255 on average (mean difference +0.2, 99th percentile 5, max 13 on 224-px crops of
-  photograph-like JPEGs; bounds in ``tests/test_data_fast_aug.py``);
+- hue: torchvision's PIL hue goes RGB -> HSV -> RGB through PIL's float conversions. Here the shifted image
+  is read from a table indexed by the pixel's colour at 6 bits per channel (``HueTable``), built once per
+  integer hue shift with torchvision's own function (the shift is ``int(hue_factor * 255)``, so a recipe has at
+  most 103 of them, ~0.8 MB each). Pixel values differ from the exact op by a few levels of 255 (the bounds
+  ``tests/test_data_fast_aug.py`` asserts);
 - to tensor: one fused ``(x - 255 mean) / (255 std)`` pass from the uint8 array instead of ``ToTensor`` then
   ``Normalize`` (the same values up to float rounding); with ``device_photometric`` the views stay uint8
   after the flip and ``src.data.device_aug`` applies jitter, grey, blur, solarise and normalisation to the
   whole batch on the GPU.
 
-Crops, flips, brightness, contrast, saturation, grayscale, blur and solarise are the original PIL ops.
-Measured and left out (no faster on a 224-px view): ``Image.resize(box=...)`` instead of crop + resize (it
-also reads pixels outside the box at the crop's edges); brightness and contrast as ``Image.point`` tables.
+Crops, flips, brightness, contrast, saturation, grayscale, blur and solarise are the original PIL ops
+(the timings, and the levers left out: benchmarks/README.md).
 """
 from __future__ import annotations
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 
+from src.args import add_backbone_args as shared_backbone_args
 from src.args import bf16_flag, bool_flag
 
 
@@ -27,16 +28,13 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
 
 def add_backbone_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("backbone")
-    g.add_argument("--arch", default="resnet50", type=str,
-                   help="backbone (see src.models.available_backbones(); cnn6/cnn6w2 for CPU runs)")
+    shared_backbone_args(g, "resnet50")
     g.add_argument("--pretrained", default="", type=str,
                    help="checkpoint to start from: this project's checkpoint.pth, SwAV's or DINO's release files; "
                         "empty: random weights")
     g.add_argument("--checkpoint_key", default="teacher", type=str, choices=["teacher", "student"],
                    help="(new) network of the checkpoint to load: DINO's/Daino's teacher (as DINO's evaluation) or "
                         "the student (Suave without momentum encoder holds only a student)")
-    g.add_argument("--patch_size", default=16, type=int, help="(new) ViT patch size")
-    g.add_argument("--small_stem", type=bool_flag, default=False, help="(new) small-image ResNet stem")
 
 
 def add_run_args(parser: argparse.ArgumentParser) -> None:

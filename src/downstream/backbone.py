@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Mapping
-from typing import Any, Optional, Tuple
+from typing import Optional, Tuple
 
 from torch import nn
 
@@ -18,18 +18,9 @@ from src.checkpoint import (CheckpointError, extract_state_dict, load_pretrained
                             strip_wrapper_prefixes)
 from src.errors import UserError
 from src.logging_utils import get_logger
-from src.models import build_backbone
+from src.models import backbone_from_flags
 
 _VIT_ALIASES = {"deit_tiny": "vit_tiny", "deit_small": "vit_small"}
-
-
-def backbone_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword arguments ``build_backbone`` takes for ``--arch`` (patch size for ViTs, stem for ResNets)."""
-    if args.arch.startswith(("vit", "deit")):
-        return {"patch_size": args.patch_size}
-    if "resnet" in args.arch:
-        return {"small_stem": args.small_stem}
-    return {}
 
 
 def check_arch(checkpoint: Mapping, args: argparse.Namespace, path: str) -> None:
@@ -57,7 +48,7 @@ def build_pretrained_backbone(args: argparse.Namespace) -> Pretrained:
     exist is an error (the release silently trained from random weights).
     """
     try:
-        backbone = build_backbone(args.arch, **backbone_kwargs(args))
+        backbone = backbone_from_flags(args)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
     if not args.pretrained:
