@@ -14,10 +14,10 @@ import sys
 
 from src.cli import run_main, train_or_evaluate
 from daino.args import get_args_parser
-from daino.method import DainoMethod, data_config
 
 
 def main(args: argparse.Namespace) -> dict:
+    from daino.method import DainoMethod, data_config  # after run_main has checked the flags
     return train_or_evaluate(args, "daino", data_config, DainoMethod)
 
 

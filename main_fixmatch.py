@@ -13,11 +13,11 @@ import argparse
 import sys
 
 from fixmatch.args import get_args_parser
-from fixmatch.method import FixMatchMethod, data_config
 from src.cli import run_main, train_or_evaluate
 
 
 def main(args: argparse.Namespace) -> dict:
+    from fixmatch.method import FixMatchMethod, data_config  # after run_main has checked the flags
     return train_or_evaluate(args, "fixmatch", data_config, FixMatchMethod)
 
 

@@ -14,10 +14,10 @@ import sys
 
 from src.cli import run_main, train_or_evaluate
 from suave.args import get_args_parser
-from suave.method import SuaveMethod, data_config
 
 
 def main(args: argparse.Namespace) -> dict:
+    from suave.method import SuaveMethod, data_config  # after run_main has checked the flags
     return train_or_evaluate(args, "suave", data_config, SuaveMethod)
 
 
