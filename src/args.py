@@ -191,19 +191,9 @@ def add_speed_args(parser: argparse.ArgumentParser) -> None:
 
 def check_shared_args(args: argparse.Namespace) -> None:
     """The values of the flags above (every method's parser has them)."""
-    if args.lab_dir and args.lab_csv:
-        refuse("--lab_dir and --lab_csv: give one labelled source, --lab_dir ROOT (ROOT/<class>/<image>) or "
-               "--lab_csv FILE (path,class lines), not both")
-    if args.val_dir and args.val_csv:
-        refuse("--val_dir and --val_csv: give one validation source, --val_dir ROOT or --val_csv FILE, not both")
-    own_data = [f"--{name}" for name in ("unlab_dir", "unlab_list", "lab_dir", "lab_csv", "val_dir", "val_csv")
-                if getattr(args, name)]
-    if own_data and not (args.lab_dir or args.lab_csv):
-        refuse(f"{own_data[0]} (own data) needs a labelled source, which defines the classes: add --lab_dir ROOT "
-               "(ROOT/<class>/<image>) or --lab_csv FILE (path,class lines)")
-    if own_data and not (args.unlab_dir or args.unlab_list):
-        refuse(f"{own_data[0]} (own data) needs unlabelled images: add --unlab_dir FOLDER [FOLDER ...] (searched "
-               "recursively) or --unlab_list FILE (one path a line)")
+    own_data = (args.unlab_dir or args.unlab_list, args.lab_dir, args.lab_csv, args.val_dir, args.val_csv)
+    if any(own_data) and (problem := own_data_problem(*own_data)):
+        refuse(problem)
     require(args, NON_NEGATIVE, "max_bad_images", "val_resize", "val_crop", "checkpoint_every_iters",
             "max_iters_per_epoch", "time_budget_min", "eval_every_min", "stop_after_epochs",
             why="0 turns it off")
@@ -218,6 +208,24 @@ def check_shared_args(args: argparse.Namespace) -> None:
         refuse("--light_augment_lab true and --augment3_lab true: choose one labelled augmentation")
     if args.simple_crop and not args.augment3_lab:
         refuse("--simple_crop true: it replaces the crop of 3-Augment only; add --augment3_lab true or drop it")
+
+
+def own_data_problem(unlabelled: object, lab_dir: str | None, lab_csv: str | None, val_dir: str | None,
+                     val_csv: str | None) -> str | None:
+    """What is wrong with a set of own-data sources (docs/data.md), or None; ``unlabelled``: any unlabelled
+    source. The flags' check and ``src.data.sources.OwnDataSpec.check`` both ask it."""
+    if lab_dir and lab_csv:
+        return ("give one labelled source: --lab_dir ROOT (ROOT/<class>/<image>) or --lab_csv FILE (path,class "
+                "lines), not both")
+    if not (lab_dir or lab_csv):
+        return ("own-data sources need a labelled source (it defines the classes): add --lab_dir ROOT "
+                "(ROOT/<class>/<image>) or --lab_csv FILE (path,class lines)")
+    if not unlabelled:
+        return ("own-data sources need unlabelled images: add --unlab_dir FOLDER [FOLDER ...] (searched "
+                "recursively) or --unlab_list FILE (one path a line)")
+    if val_dir and val_csv:
+        return "give one validation source: --val_dir ROOT or --val_csv FILE, not both"
+    return None
 
 
 def check_arch(arch: str) -> None:

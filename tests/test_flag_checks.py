@@ -84,11 +84,13 @@ REFUSALS = [
      "--blur_radius 2 1: use 0 <= MIN <= MAX (the Gaussian blur's radius is drawn between them; the release's 0.1 "
      "2.0)"),
     ("main_suave", ["--lab_dir", "/a", "--lab_csv", "/b"],
-     "--lab_dir and --lab_csv: give one labelled source, --lab_dir ROOT (ROOT/<class>/<image>) or --lab_csv FILE "
-     "(path,class lines), not both"),
+     "give one labelled source: --lab_dir ROOT (ROOT/<class>/<image>) or --lab_csv FILE (path,class lines), not "
+     "both"),
     ("main_suave", ["--unlab_dir", "/a"],
-     "--unlab_dir (own data) needs a labelled source, which defines the classes: add --lab_dir ROOT "
-     "(ROOT/<class>/<image>) or --lab_csv FILE (path,class lines)"),
+     "own-data sources need a labelled source (it defines the classes): add --lab_dir ROOT (ROOT/<class>/<image>) "
+     "or --lab_csv FILE (path,class lines)"),
+    ("main_suave", ["--lab_dir", "/a", "--unlab_list", "/u", "--val_dir", "/v", "--val_csv", "/w"],
+     "give one validation source: --val_dir ROOT or --val_csv FILE, not both"),
     ("main_suave", ["--simple_crop", "true"],
      "--simple_crop true: it replaces the crop of 3-Augment only; add --augment3_lab true or drop it"),
     ("main_suave", ["--nan_check_every", "0"], "--nan_check_every 0: use a value >= 1"),
