@@ -62,6 +62,10 @@ def check_args(args: argparse.Namespace) -> None:
     if args.mixup_unlab:
         refuse("--mixup_unlab true: FixMatch has no unlabelled mixup (its strong view is the perturbation); drop it")
     ignored_unless_default(args, "mixup_unlab_type", "all", "FixMatch has no unlabelled mixup")
+    for flag in ("fast_aug", "gpu_aug"):
+        if getattr(args, flag):
+            refuse(f"--{flag} true: FixMatch's weak and strong views (padded crop, RandAugment, Cutout) have no faster "
+                   f"version; drop --{flag}")
     ignored_unless_default(args, "blur_radius", [0.1, 2.0], "FixMatch's weak and strong views have no Gaussian blur")
     require(args, at_least(1), "epochs", "lab_batch_size", "crop_size", "mu")
     require(args, PROBABILITY, "threshold", why="a pseudo-label counts where its softmax probability reaches it; "

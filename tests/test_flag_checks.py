@@ -126,6 +126,8 @@ REFUSALS = [
      "come from a classifier); use --train_mode semisup or supervised"),
     ("main_fixmatch", ["--mixup_unlab", "true"], "--mixup_unlab true: FixMatch has no unlabelled mixup (its strong "
      "view is the perturbation); drop it"),
+    ("main_fixmatch", ["--gpu_aug", "true"], "--gpu_aug true: FixMatch's weak and strong views (padded crop, "
+     "RandAugment, Cutout) have no faster version; drop --gpu_aug"),
     ("main_fixmatch", ["--blur_radius", "0.5", "1"], "--blur_radius 0.5 1: not supported (FixMatch's weak and "
      "strong views have no Gaussian blur); drop the flag"),
     ("eval_semisup", ["--hidden_mlp", "-3"],
