@@ -90,6 +90,10 @@ def check_args(args: argparse.Namespace) -> None:
     within_epochs(args, "warmup_teacher_temp_epochs")
     require_scale_range(args, "global_crops_scale")
     require_scale_range(args, "local_crops_scale")
+    smallest = min(args.global_crop_size, args.local_crop_size if args.local_crops_number else args.global_crop_size)
+    if args.arch.startswith("vit") and args.patch_size > smallest:
+        refuse(f"--patch_size {args.patch_size} is larger than the {smallest}-px crops (--global_crop_size, "
+               "--local_crop_size): use a patch size that fits them")
     if args.mixup_unlab and args.mixup_unlab_type == "all" and args.local_crops_number % 2:
         refuse(f"--mixup_unlab_type all mixes consecutive crops of one size: --local_crops_number "
                f"{args.local_crops_number} must be even (or use --mixup_unlab_type globals)")

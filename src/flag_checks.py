@@ -8,7 +8,7 @@ any data is read (``src.cli.run_main`` and ``launch.script_file.validate_flags``
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, NoReturn
 
 from src.errors import FlagError
 
@@ -32,12 +32,13 @@ SCALE = Rule(lambda value: 0 < value <= 1, "in (0, 1]")
 
 
 def shown(value: Any) -> str:
-    """A flag's value as it is written on the command line (``2 8`` for a list)."""
-    return " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) if isinstance(
-        value, (list, tuple)) else f"{value:g}" if isinstance(value, float) else str(value)
+    """A flag's value as it is written on the command line (``2 8`` for a list, ``true`` for a boolean)."""
+    if isinstance(value, (list, tuple)):
+        return " ".join(map(shown, value))
+    return str(value).lower() if isinstance(value, bool) else f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def refuse(message: str) -> None:
+def refuse(message: str) -> NoReturn:
     raise FlagError(message)
 
 
@@ -65,11 +66,10 @@ def require_scale_range(args: argparse.Namespace, name: str) -> None:
         refuse(f"--{name} {shown(getattr(args, name))}: use 0 < LO <= HI <= 1 (fractions of the image's area)")
 
 
-def within_epochs(args: argparse.Namespace, name: str, epochs: str = "epochs") -> None:
+def within_epochs(args: argparse.Namespace, name: str) -> None:
     """``--name`` counts epochs of the run: between 0 and ``--epochs``."""
-    value, total = getattr(args, name), getattr(args, epochs)
-    if not 0 <= value <= total:
-        refuse(f"--{name} {value}: use a number of epochs between 0 and --{epochs} ({total})")
+    if not 0 <= getattr(args, name) <= args.epochs:
+        refuse(f"--{name} {getattr(args, name)}: use a number of epochs between 0 and --epochs ({args.epochs})")
 
 
 def ignored_unless_default(args: argparse.Namespace, name: str, default: Any, why: str) -> None:

@@ -104,6 +104,8 @@ REFUSALS = [
      "--global_crops_scale 0.4: give 2 values (the lower and upper area scale of the crop)"),
     ("main_daino", ["--local_crops_scale", "0.4", "0.05"],
      "--local_crops_scale 0.4 0.05: use 0 < LO <= HI <= 1 (fractions of the image's area)"),
+    ("main_daino", ["--patch_size", "16", "--local_crop_size", "14"], "--patch_size 16 is larger than the 14-px "
+     "crops (--global_crop_size, --local_crop_size): use a patch size that fits them"),
     ("main_daino", ["--drop_path_rate", "1"], "--drop_path_rate 1: use a value in [0, 1)"),
     ("main_daino", ["--momentum_teacher", "1.1"], "--momentum_teacher 1.1: use a value in [0, 1]"),
     ("main_daino", ["--out_dim", "0"], "--out_dim 0: use a value >= 1"),
@@ -143,7 +145,7 @@ REFUSALS = [
      "schedule x lr_last_layer / lr; use --lr > 0"),
     ("eval_semisup", ["--ensemble_eval", "true"], "--ensemble_eval true is not supported: the release's "
      "eval_semisup builds that classifier with 0 inputs; fine-tune without it"),
-    ("eval_semisup", ["--bn_ensemble", "true"], "--bn_ensemble True: not supported (it configured the "
+    ("eval_semisup", ["--bn_ensemble", "true"], "--bn_ensemble true: not supported (it configured the "
      "--ensemble_eval classifier, which is not supported); drop the flag"),
     ("eval_semisup", ["--mixup_type", "replace"],
      "--mixup_type replace applies with --mixup true only: add it or drop --mixup_type"),
