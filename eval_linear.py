@@ -15,18 +15,18 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from src.cli import run_main
 from src.distributed import DistInfo
 from src.downstream.args import linear_args_parser as get_args_parser
-from src.downstream.backbone import Pretrained
-from src.downstream.data import EvalData, build_eval_data
-from src.downstream.models import LinearProbe, frozen_features
-from src.downstream.runner import EvalTask, run_evaluation, wrap_ddp
-from src.logging_utils import get_logger
+
+if TYPE_CHECKING:  # the data and model modules are imported once the flags are checked (src.cli)
+    from src.downstream.backbone import Pretrained
+    from src.downstream.data import EvalData
+    from src.downstream.runner import EvalTask
 
 NAME = "eval_linear"
 
@@ -34,17 +34,18 @@ NAME = "eval_linear"
 @torch.no_grad()
 def feature_shape(backbone: torch.nn.Module, args: argparse.Namespace, device: torch.device) -> tuple[int, ...]:
     """Shape of one sample of the probe's input at the training crop size."""
+    from src.downstream.models import frozen_features
     probe = torch.zeros(1, 3, args.crop_size, args.crop_size, device=device)
     return tuple(frozen_features(backbone, probe, args.global_pooling).shape[1:])
 
 
 def build_task(args: argparse.Namespace, dist: DistInfo, data: EvalData, pretrained: Pretrained) -> EvalTask:
+    from src.downstream.models import LinearProbe, frozen_features
+    from src.downstream.runner import EvalTask, wrap_ddp
     backbone, _ = pretrained
     backbone.to(dist.device).eval()
     for p in backbone.parameters():
         p.requires_grad = False
-    if args.use_bn and args.global_pooling:
-        get_logger().warning("--use_bn applies with --global_pooling false only (as the release): no BatchNorm")
     probe = LinearProbe(feature_shape(backbone, args, dist.device), data.num_classes, args.global_pooling,
                         args.use_bn).to(dist.device)
     ddp = wrap_ddp(probe, dist)
@@ -67,10 +68,12 @@ def build_task(args: argparse.Namespace, dist: DistInfo, data: EvalData, pretrai
 
 
 def build_data(args: argparse.Namespace, dist: DistInfo) -> EvalData:
+    from src.downstream.data import build_eval_data
     return build_eval_data(args, dist, labelled_subset=False, drop_last=False)
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    from src.downstream.runner import run_evaluation
     return run_evaluation(args, build_data, build_task)
 
 

@@ -18,20 +18,21 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from src.cli import run_main
 from src.distributed import DistInfo
+from src.downstream.args import applies_lr_last_layer
 from src.downstream.args import semisup_args_parser as get_args_parser
-from src.downstream.backbone import Pretrained, load_matching_head
-from src.downstream.data import EvalData, build_eval_data
-from src.downstream.models import HEAD_PREFIX, FineTuneNetwork
-from src.downstream.runner import EvalTask, run_evaluation, wrap_ddp
-from src.errors import UserError
 from src.optim import cosine_schedule, param_groups
+
+if TYPE_CHECKING:  # the data and model modules are imported once the flags are checked (src.cli)
+    from src.downstream.backbone import Pretrained
+    from src.downstream.data import EvalData
+    from src.downstream.runner import EvalTask
 
 NAME = "eval_semisup"
 
@@ -40,26 +41,19 @@ def lr_schedule(args: argparse.Namespace, iters_per_epoch: int) -> np.ndarray:
     """The trunk's learning rate at every iteration."""
     if args.scheduler_type == "cosine":
         return cosine_schedule(args.lr, args.final_lr, args.epochs, iters_per_epoch, args.warmup_epochs)
-    if args.warmup_epochs:
-        raise UserError("--warmup_epochs applies to --scheduler_type cosine only (SwAV's step schedule has none)")
     epochs = np.arange(args.epochs * iters_per_epoch) // iters_per_epoch
     decays = sum((epochs >= milestone).astype(np.int64) for milestone in args.decay_epochs)
     return args.lr * args.gamma ** decays
 
 
 def head_lr_scale(args: argparse.Namespace) -> float:
-    apply = args.apply_lr_last_layer if args.apply_lr_last_layer is not None else args.scheduler_type == "step"
-    if not apply:
-        return 1.0
-    if args.lr <= 0:
-        raise UserError("--apply_lr_last_layer needs --lr > 0 (the head's lr is the schedule x lr_last_layer / lr)")
-    return args.lr_last_layer / args.lr
+    return args.lr_last_layer / args.lr if applies_lr_last_layer(args) else 1.0
 
 
 def build_task(args: argparse.Namespace, dist: DistInfo, data: EvalData, pretrained: Pretrained) -> EvalTask:
-    if args.ensemble_eval:
-        raise UserError("--ensemble_eval true is not supported: the release's eval_semisup builds that classifier "
-                        "with 0 inputs; fine-tune without it")
+    from src.downstream.backbone import load_matching_head
+    from src.downstream.models import HEAD_PREFIX, FineTuneNetwork
+    from src.downstream.runner import EvalTask, wrap_ddp
     backbone, checkpoint = pretrained
     model = FineTuneNetwork(backbone, args.hidden_mlp, data.num_classes)
     if checkpoint is not None and args.load_hidden_mlp:
@@ -77,11 +71,13 @@ def build_task(args: argparse.Namespace, dist: DistInfo, data: EvalData, pretrai
 
 
 def build_data(args: argparse.Namespace, dist: DistInfo) -> EvalData:
+    from src.downstream.data import build_eval_data
     return build_eval_data(args, dist, labelled_subset=True, light_augment=args.light_augment,
                            mixup=args.mixup_type if args.mixup else None, drop_last=True)
 
 
 def main(args: argparse.Namespace) -> dict[str, Any]:
+    from src.downstream.runner import run_evaluation
     return run_evaluation(args, build_data, build_task)
 
 

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import argparse
 
-from src.args import add_backbone_args, add_data_args, add_run_args, bool_flag
+from src.args import (FlagParser, add_backbone_args, add_data_args, add_run_args, bool_flag, check_arch, check_init_flags,
+                      check_shared_args)
+from src.flag_checks import (FRACTION_BELOW_1, NON_NEGATIVE, POSITIVE, PROBABILITY, at_least, refuse, require,
+                             require_scale_range, within_epochs)
 from src.release_fixes import add_fix_args
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("Daino", add_help=False)
+def get_args_parser() -> FlagParser:
+    parser = FlagParser("Daino", add_help=False, check=check_args)
     add_data_args(parser)
     add_run_args(parser)
     add_fix_args(parser, "mix_weight_rows", "mix_own_bn_batch", "student_train_mode", "seed_per_rank",
@@ -68,3 +71,32 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--saveckp_freq", default=20, type=int, help="keep a snapshot every N epochs")
     g.add_argument("--num_workers", default=10, type=int, help="data-loading workers per process")
     return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every value Daino cannot train with, refused before any data is read (src.flag_checks)."""
+    check_shared_args(args)
+    require(args, at_least(1), "epochs", "batch_size_per_gpu", "lab_batch_size_per_gpu", "patch_size", "out_dim",
+            "global_crop_size", "local_crop_size")
+    require(args, POSITIVE, "temperature", why="the student's scores are divided by it, so the loss is undefined "
+            "at 0; the release's 0.1")
+    require(args, POSITIVE, "warmup_teacher_temp", "teacher_temp", why="the teacher's centred outputs are divided "
+            "by it; the release's 0.04 rising to 0.07")
+    require(args, NON_NEGATIVE, "local_crops_number", "weight_decay", "weight_decay_end", "clip_grad",
+            "freeze_last_layer", "lr", "min_lr", "saveckp_freq", "num_workers")
+    require(args, PROBABILITY, "momentum_teacher", "label_smoothing")
+    require(args, FRACTION_BELOW_1, "drop_path_rate")
+    within_epochs(args, "warmup_epochs")
+    within_epochs(args, "warmup_teacher_temp_epochs")
+    require_scale_range(args, "global_crops_scale")
+    require_scale_range(args, "local_crops_scale")
+    smallest = min(args.global_crop_size, args.local_crop_size if args.local_crops_number else args.global_crop_size)
+    if args.arch.startswith("vit") and args.patch_size > smallest:
+        refuse(f"--patch_size {args.patch_size} is larger than the {smallest}-px crops (--global_crop_size, "
+               "--local_crop_size): use a patch size that fits them")
+    if args.mixup_unlab and args.mixup_unlab_type == "all" and args.local_crops_number % 2:
+        refuse(f"--mixup_unlab_type all mixes consecutive crops of one size: --local_crops_number "
+               f"{args.local_crops_number} must be even (or use --mixup_unlab_type globals)")
+    check_init_flags(args, "dino_init_ckpt",
+                     "EXP/checkpoint.pth of a Daino run, or dino_deitsmall16_pretrain_full_checkpoint.pth")
+    check_arch(args.arch)

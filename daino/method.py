@@ -15,7 +15,6 @@ import torch
 from src.data import DINO_STD, SWAV_STD, UnlabelledBatch
 from src.data_setup import DataConfig, dino_multicrop_config
 from src.distributed import get_world_size
-from src.errors import UserError
 from src.ema import frozen_copy, paired_parameters
 from src.losses import DINOLoss
 from src.method import Method, Schedules, init_from_checkpoint, resolve_num_outputs
@@ -50,9 +49,6 @@ class DainoMethod(Method):
     def __init__(self, args: argparse.Namespace, num_classes: int, device: torch.device) -> None:
         super().__init__(args, num_classes, device)
         self.out_dim = resolve_num_outputs(args.out_dim, num_classes, "--out_dim", args.train_mode)
-        if args.require_init_ckpt and not args.dino_init_ckpt:
-            raise UserError("this recipe fine-tunes a checkpoint: pass --dino_init_ckpt PATH "
-                            "(e.g. EXP/checkpoint.pth of a Daino run, or dino_deitsmall16_pretrain_full_checkpoint.pth)")
         self.student = build_daino_network(args, self.out_dim, student=True)
         if args.dino_init_ckpt:
             init_from_checkpoint(self.student, args.dino_init_ckpt, "--dino_init_ckpt", args.checkpoint_key,

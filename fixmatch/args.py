@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import argparse
 
-from src.args import add_backbone_args, add_data_args, add_run_args, bool_flag
+from src.args import (FlagParser, add_backbone_args, add_data_args, add_run_args, bool_flag, check_arch,
+                      check_shared_args)
+from src.flag_checks import (FRACTION_BELOW_1, NON_NEGATIVE, PROBABILITY, SCALE, at_least, ignored_unless_default,
+                             refuse, require)
 from src.release_fixes import add_fix_args
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("FixMatch", add_help=False)
+def get_args_parser() -> FlagParser:
+    parser = FlagParser("FixMatch", add_help=False, check=check_args)
     add_data_args(parser)
     add_run_args(parser)
     add_fix_args(parser)  # only --all_fixes applies: validation under autocast (--amp_eval), as Suave
@@ -48,3 +51,28 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", default=10, type=int, help="data-loading workers per process")
     g.add_argument("--checkpoint_freq", type=int, default=0, help="keep a snapshot every N epochs (0: none)")
     return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every value FixMatch cannot train with, refused before any data is read (src.flag_checks)."""
+    check_shared_args(args)
+    if args.train_mode == "selfsup":
+        refuse("--train_mode selfsup: FixMatch needs labels (its pseudo-labels come from a classifier); use "
+               "--train_mode semisup or supervised")
+    if args.mixup_unlab:
+        refuse("--mixup_unlab true: FixMatch has no unlabelled mixup (its strong view is the perturbation); drop it")
+    ignored_unless_default(args, "mixup_unlab_type", "all", "FixMatch has no unlabelled mixup")
+    for flag in ("fast_aug", "gpu_aug"):
+        if getattr(args, flag):
+            refuse(f"--{flag} true: FixMatch's weak and strong views (padded crop, RandAugment, Cutout) have no faster "
+                   f"version; drop --{flag}")
+    ignored_unless_default(args, "blur_radius", [0.1, 2.0], "FixMatch's weak and strong views have no Gaussian blur")
+    require(args, at_least(1), "epochs", "lab_batch_size", "crop_size", "mu")
+    require(args, PROBABILITY, "threshold", why="a pseudo-label counts where its softmax probability reaches it; "
+            "the paper's 0.95")
+    require(args, NON_NEGATIVE, "lambda_u", "randaugment_ops", "lr", "wd", "workers", "checkpoint_freq")
+    require(args, FRACTION_BELOW_1, "translate", why="a fraction of the side; the paper's 0.125")
+    require(args, PROBABILITY, "cutout", why="a fraction of the width; the paper's 0.5")
+    require(args, FRACTION_BELOW_1, "momentum", "ema_decay")
+    require(args, SCALE, "bn_momentum", why="PyTorch's convention; the reference code's 0.001, or 1 - --ema_decay")
+    check_arch(args.arch)

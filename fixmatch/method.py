@@ -24,7 +24,6 @@ from torch import nn
 from src.data import SWAV_STD, LabelledBatch, UnlabelledBatch, weak_strong_views
 from src.data_setup import DataConfig
 from src.ema import frozen_copy, paired_parameters
-from src.errors import FlagError, UserError
 from src.losses import soft_cross_entropy
 from src.method import Method, Schedules, StepOutput
 from src.metrics import accuracy
@@ -33,22 +32,9 @@ from src.objective import labelled_targets
 from src.optim import param_groups
 
 
-def check_view_flags(args: argparse.Namespace) -> None:
-    """The weak/strong view flags, checked before the data is built (the engine builds it before the method)."""
-    if args.crop_size < 1:
-        raise FlagError(f"--crop_size {args.crop_size} must be >= 1 (28 for Fashion-MNIST, 32 for CIFAR)")
-    if not 0 <= args.translate < 1:
-        raise FlagError(f"--translate {args.translate} must lie in [0, 1) (a fraction of the side; the paper's 0.125)")
-    if args.randaugment_ops < 0:
-        raise FlagError(f"--randaugment_ops {args.randaugment_ops} must be >= 0 (the paper's 2)")
-    if not 0 <= args.cutout <= 1:
-        raise FlagError(f"--cutout {args.cutout} must lie in [0, 1] (a fraction of the width; the paper's 0.5)")
-
-
 def data_config(args: argparse.Namespace) -> DataConfig:
     """FixMatch's data: the shared labelled stream and validation, [weak, strong] views of the unlabelled images,
     mu x B of them per step."""
-    check_view_flags(args)
     return DataConfig.from_args(
         args, unlab_batch_size=args.mu * args.lab_batch_size, lab_batch_size=args.lab_batch_size,
         workers=args.workers, default_std=SWAV_STD,
@@ -104,19 +90,6 @@ class FixMatchMethod(Method):
 
     def __init__(self, args: argparse.Namespace, num_classes: int, device: torch.device) -> None:
         super().__init__(args, num_classes, device)
-        if args.train_mode == "selfsup":
-            raise UserError("FixMatch needs labels (its pseudo-labels come from a classifier): "
-                            "use --train_mode semisup or supervised")
-        if not 0 <= args.threshold <= 1:
-            raise UserError(f"--threshold {args.threshold} must lie in [0, 1] (the paper's 0.95)")
-        if args.mixup_unlab:
-            raise UserError("FixMatch has no unlabelled mixup (its strong view is the perturbation): "
-                            "drop --mixup_unlab true")
-        if args.mu < 1:
-            raise UserError(f"--mu {args.mu} must be >= 1 (unlabelled images per labelled image)")
-        if not 0 < args.bn_momentum <= 1:
-            raise UserError(f"--bn_momentum {args.bn_momentum} must lie in (0, 1] (PyTorch's convention; the "
-                            "reference code's 0.001, or 1 - --ema_decay)")
         self.student = set_batchnorm_momentum(build_classifier(args, num_classes), args.bn_momentum).to(device)
         self.ema: Classifier | None = None
         if args.ema_decay > 0:  # the EMA of the weights that is evaluated; BatchNorm statistics copied

@@ -9,6 +9,7 @@ import shlex
 from typing import Callable, NamedTuple, NoReturn
 
 from src import registry
+from src.args import FlagParser
 from src.errors import UserError
 
 PATH_FLAG = re.compile(r"(_path|_dir|_ckpt|_file|_weights|^pretrained)$")
@@ -88,15 +89,19 @@ def absolutize_paths(flags: list[Flag], cwd: str) -> list[Flag]:
             for flag in flags]
 
 
-def validate_flags(get_parser: Callable[[], argparse.ArgumentParser], flags: list[Flag],
-                   entry: str) -> argparse.Namespace:
-    """Parse ``flags`` as the entry point will; a bad flag is a one-line UserError naming where it came from."""
+def validate_flags(get_parser: Callable[[], FlagParser], flags: list[Flag], entry: str) -> argparse.Namespace:
+    """Parse ``flags`` as the entry point will and run the same check of their values (``FlagParser.check``); a bad
+    flag is a one-line UserError naming where it came from."""
+    parser = get_parser()
     try:
-        return StrictParser(prog=entry, parents=[get_parser()], add_help=False, allow_abbrev=False).parse_args(
+        namespace = StrictParser(prog=entry, parents=[parser], add_help=False, allow_abbrev=False).parse_args(
             flatten(flags))
+        parser.check(namespace)
+        return namespace
     except UserError as exc:
         name = re.search(r"(argument |unrecognized arguments: )(-[^\s:/=]+)", str(exc))
-        source = next((flag.source for flag in reversed(flags) if name and flag.name == name[2]), None)
+        named = {name[2]} if name else set(re.findall(r"--\w+", str(exc)))  # argparse's, or the check's
+        source = next((flag.source for flag in reversed(flags) if flag.name in named), None)
         if name and name[1] != "argument ":
             raise UserError(f"unknown flag {name[2]} in {source}: {entry} has no such flag (see python {entry} "
                             "--help)") from None

@@ -1,11 +1,25 @@
 """Command-line flags both entry points share (data, mixup, augmentation, run, logging, distributed).
 
 The names and meanings are the released recipes' (``suave/scripts/*.sh``, ``daino/scripts/*.sh``); flags this
-project adds are marked "(new)". Each method adds its own flags in ``suave/args.py`` / ``daino/args.py``.
+project adds are marked "(new)". Each method adds its own flags in ``suave/args.py`` / ``daino/args.py``, and
+declares there the one check of their values (``FlagParser.check``); ``check_shared_args`` checks the flags below.
 """
 from __future__ import annotations
 
 import argparse
+from typing import Callable
+
+from src.flag_checks import NON_NEGATIVE, POSITIVE, PROBABILITY, SCALE, at_least, refuse, require
+
+
+class FlagParser(argparse.ArgumentParser):
+    """An entry point's parser with the check of its flags' values (ranges, lengths that must agree, combinations
+    that cannot work), which raises ``src.errors.FlagError``. ``src.cli.run_main`` and
+    ``launch.script_file.validate_flags`` run ``check`` on the parsed flags before anything reads data."""
+
+    def __init__(self, *args, check: Callable[[argparse.Namespace], None], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.check = check
 
 
 def bool_flag(value: str | bool) -> bool:
@@ -148,9 +162,13 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--wandb_entity", type=str, default=None, help="(new) wandb entity")
     g.add_argument("--wandb_mode", type=str, default="online", choices=["online", "offline", "disabled"],
                    help="(new) wandb mode; offline works without network")
-    g.add_argument("--dist_url", type=str, default="env://", help="kept for the release's scripts; env:// only")
-    g.add_argument("--world_size", type=int, default=-1, help="set from the environment; do not pass")
-    g.add_argument("--rank", type=int, default=0, help="set from the environment; do not pass")
+    g.add_argument("--dist_url", type=str, default="env://",
+                   help="ignored (kept so the release's scripts run): processes meet through the environment "
+                        "(MASTER_ADDR, MASTER_PORT), as torchrun and job_launcher.py set it")
+    g.add_argument("--world_size", type=int, default=-1,
+                   help="ignored (kept so the release's scripts run): the environment's WORLD_SIZE counts processes")
+    g.add_argument("--rank", type=int, default=0,
+                   help="ignored (kept so the release's scripts run): each process's rank is the environment's RANK")
     g.add_argument("--local_rank", "--local-rank", type=int, default=None,
                    help="given by old launchers; the environment's LOCAL_RANK/SLURM_LOCALID wins")
     add_speed_args(parser)
@@ -171,3 +189,66 @@ def add_speed_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--nan_check_every", type=int, default=1,
                    help="(new) check the loss is finite every N steps instead of every step: the check is kept on "
                         "the device in between, so the step does not wait for the GPU (1: the release's check)")
+
+
+def check_shared_args(args: argparse.Namespace) -> None:
+    """The values of the flags above (every method's parser has them)."""
+    own_data = (args.unlab_dir or args.unlab_list, args.lab_dir, args.lab_csv, args.val_dir, args.val_csv)
+    if any(own_data) and (problem := own_data_problem(*own_data)):
+        refuse(problem)
+    require(args, NON_NEGATIVE, "max_bad_images", "val_resize", "val_crop", "checkpoint_every_iters",
+            "max_iters_per_epoch", "time_budget_min", "eval_every_min", "stop_after_epochs",
+            why="0 turns it off")
+    require(args, POSITIVE, "std", why="the images are divided by it")
+    require(args, at_least(1), "lab_crop_size", "val_batch_size", "log_freq", "nan_check_every")
+    require(args, SCALE, "lab_min_scale", why="a fraction of the image's area")
+    require(args, PROBABILITY, "mixup_lab_prob")
+    if not 0 <= args.blur_radius[0] <= args.blur_radius[1]:
+        refuse(f"--blur_radius {args.blur_radius[0]:g} {args.blur_radius[1]:g}: use 0 <= MIN <= MAX (the Gaussian "
+               "blur's radius is drawn between them; the release's 0.1 2.0)")
+    if args.light_augment_lab and args.augment3_lab:
+        refuse("--light_augment_lab true and --augment3_lab true: choose one labelled augmentation")
+    if args.simple_crop and not args.augment3_lab:
+        refuse("--simple_crop true: it replaces the crop of 3-Augment only; add --augment3_lab true or drop it")
+
+
+def own_data_problem(unlabelled: object, lab_dir: str | None, lab_csv: str | None, val_dir: str | None,
+                     val_csv: str | None) -> str | None:
+    """What is wrong with a set of own-data sources (docs/data.md), or None; ``unlabelled``: any unlabelled
+    source. The flags' check and ``src.data.sources.OwnDataSpec.check`` both ask it."""
+    if lab_dir and lab_csv:
+        return ("give one labelled source: --lab_dir ROOT (ROOT/<class>/<image>) or --lab_csv FILE (path,class "
+                "lines), not both")
+    if not (lab_dir or lab_csv):
+        return ("own-data sources need a labelled source (it defines the classes): add --lab_dir ROOT "
+                "(ROOT/<class>/<image>) or --lab_csv FILE (path,class lines)")
+    if not unlabelled:
+        return ("own-data sources need unlabelled images: add --unlab_dir FOLDER [FOLDER ...] (searched "
+                "recursively) or --unlab_list FILE (one path a line)")
+    if val_dir and val_csv:
+        return "give one validation source: --val_dir ROOT or --val_csv FILE, not both"
+    return None
+
+
+def check_arch(arch: str) -> None:
+    """``--arch`` names a backbone of ``src.models`` (imported here: torch, not the data stack)."""
+    from src.models import available_backbones
+    if arch not in available_backbones():
+        refuse(f"--arch {arch}: unknown backbone; choose one of {', '.join(available_backbones())}")
+
+
+def check_hidden_mlp(hidden_mlp: list[int]) -> None:
+    """``--hidden_mlp``: positive widths, or a single 0 (a linear projection), as the head builder reads it."""
+    from src.models import normalize_hidden_mlp
+    normalize_hidden_mlp(hidden_mlp)
+
+
+def check_init_flags(args: argparse.Namespace, checkpoint_flag: str, example: str) -> None:
+    """``--require_init_ckpt``, ``--init_proj`` and ``--init_prototypes`` need the method's start checkpoint
+    (``--swav_init_ckpt`` / ``--dino_init_ckpt``)."""
+    if args.require_init_ckpt and not getattr(args, checkpoint_flag):
+        refuse(f"--require_init_ckpt true: this recipe fine-tunes a checkpoint: pass --{checkpoint_flag} PATH "
+               f"(e.g. {example})")
+    for flag in ("init_proj", "init_prototypes"):
+        if getattr(args, flag) and not getattr(args, checkpoint_flag):
+            refuse(f"--{flag} true loads from --{checkpoint_flag}, which is not given: pass it or drop --{flag}")

@@ -1,4 +1,6 @@
-"""Command-line front door shared by main_suave.py, main_daino.py and main_fixmatch.py: parse, run (train, or
+"""Command-line front door shared by the entry points (main_suave.py, main_daino.py, main_fixmatch.py and the
+evaluation scripts): parse, check every flag's value (the parser's ``FlagParser.check``, before anything reads
+data; the entry points import their method only in ``main``, so a bad flag is refused at once), run (train, or
 evaluate with --evaluate), and turn the errors a user can fix (``src.errors.UserError`` and its subclasses:
 flags, paths, data, checkpoints) into one clear line and a non-zero exit code. Any other exception (a
 ValueError from a shape bug, say) keeps its traceback."""
@@ -8,14 +10,16 @@ import argparse
 import sys
 from typing import Callable
 
+from src.args import FlagParser
 from src.errors import TrainingDiverged, UserError
 
 
-def run_main(get_parser: Callable[[], argparse.ArgumentParser], main: Callable[[argparse.Namespace], object],
+def run_main(get_parser: Callable[[], FlagParser], main: Callable[[argparse.Namespace], object],
              prog: str, argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog, parents=[get_parser()])
-    args = parser.parse_args(argv)
+    flags = get_parser()
+    args = argparse.ArgumentParser(prog, parents=[flags]).parse_args(argv)
     try:
+        flags.check(args)
         main(args)
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)

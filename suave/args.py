@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import argparse
 
-from src.args import add_backbone_args, add_data_args, add_run_args, bool_flag
+from src.args import (FlagParser, add_backbone_args, add_data_args, add_run_args, bool_flag, check_arch,
+                      check_hidden_mlp, check_init_flags, check_shared_args)
+from src.flag_checks import (NON_NEGATIVE, POSITIVE, PROBABILITY, SCALE, at_least, ignored_unless_default, refuse,
+                             require, within_epochs)
 from src.release_fixes import add_fix_args
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser("Suave", add_help=False)
+def get_args_parser() -> FlagParser:
+    parser = FlagParser("Suave", add_help=False, check=check_args)
     add_data_args(parser)
     add_run_args(parser)
     add_fix_args(parser, "mix_weight_rows", "mix_own_bn_batch", "seed_per_rank", "amp_eval", "ensemble_scaled",
@@ -83,5 +86,58 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", default=10, type=int, help="data-loading workers per process")
     g.add_argument("--checkpoint_freq", type=int, default=25, help="keep a snapshot every N epochs")
     g.add_argument("--sync_bn", type=str, default="pytorch", help="pytorch: SyncBatchNorm on GPUs; none: off")
-    g.add_argument("--syncbn_process_group_size", type=int, default=8, help="kept for the release's scripts")
+    g.add_argument("--syncbn_process_group_size", type=int, default=8,
+                   help="kept for the release's scripts: its default only (apex's SyncBatchNorm groups; "
+                        "PyTorch's SyncBatchNorm here spans all processes)")
     return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Every value Suave cannot train with, refused before any data is read (src.flag_checks)."""
+    check_shared_args(args)
+    require(args, at_least(1), "epochs", "batch_size", "lab_batch_size", "nmb_crops", "size_crops")
+    require(args, at_least(1), "sinkhorn_iterations", why="Sinkhorn-Knopp needs at least one normalisation to "
+            "give targets that sum to 1; the release's 3")
+    require(args, POSITIVE, "temperature", why="the scores are divided by it, so the loss is undefined at 0; "
+            "the release's 0.1")
+    require(args, POSITIVE, "epsilon", why="Sinkhorn-Knopp computes exp(scores / epsilon); the release's 0.05")
+    require(args, at_least(1), "nmb_prototypes")
+    require(args, NON_NEGATIVE, "feat_dim", "queue_length", "epoch_queue_starts", "freeze_prototypes_niters",
+            "warmup_proj_nepochs", "base_lr", "final_lr", "lr_last_layer", "wd", "start_warmup", "clip_grad",
+            "workers", "checkpoint_freq")
+    require(args, PROBABILITY, "label_smoothing", "momentum_encoder")
+    require(args, SCALE, "min_scale_crops", "max_scale_crops", why="a fraction of the image's area")
+    within_epochs(args, "warmup_epochs")
+    groups = [args.nmb_crops, args.size_crops, args.min_scale_crops, args.max_scale_crops]
+    if len({len(values) for values in groups}) != 1:
+        refuse("--nmb_crops, --size_crops, --min_scale_crops and --max_scale_crops need one value per crop group; "
+               f"got {' / '.join(str(values) for values in groups)}")
+    if any(low > high for low, high in zip(args.min_scale_crops, args.max_scale_crops)):
+        refuse(f"--min_scale_crops {args.min_scale_crops} exceeds --max_scale_crops {args.max_scale_crops} in a "
+               "crop group: each group's min scale must be <= its max scale")
+    views = sum(args.nmb_crops)
+    if not args.crops_for_assign or not all(0 <= crop < views for crop in args.crops_for_assign):
+        refuse(f"--crops_for_assign {args.crops_for_assign}: name crops 0 to {views - 1} (--nmb_crops "
+               f"{args.nmb_crops} makes {views} crops)")
+    if args.train_mode != "supervised" and views < 2:
+        refuse(f"--nmb_crops {args.nmb_crops}: the assigned crops' targets are predicted by the other crops, so "
+               "the unlabelled term needs at least 2 crops")
+    if args.use_momentum and max(args.crops_for_assign) >= args.nmb_crops[0]:
+        refuse("--use_momentum true computes targets from the first --nmb_crops group only: "
+               f"--crops_for_assign {args.crops_for_assign} must be < {args.nmb_crops[0]}")
+    if 0 < args.queue_length < args.batch_size:
+        refuse(f"--queue_length {args.queue_length} is shorter than one batch (--batch_size {args.batch_size}): "
+               "use 0 (no queue) or at least the global batch")
+    if args.mixup_unlab and args.mixup_unlab_type == "globals" and args.nmb_crops[0] < 2:
+        refuse(f"--mixup_unlab_type globals mixes crops 0 and 1, which --nmb_crops {args.nmb_crops} does not make "
+               "of one size: use a first group of at least 2 crops")
+    if args.mixup_unlab and args.mixup_unlab_type == "all" and any(n % 2 for n in args.nmb_crops):
+        refuse(f"--mixup_unlab_type all mixes consecutive crops of one size: --nmb_crops {args.nmb_crops} needs "
+               "even groups (or use --mixup_unlab_type globals)")
+    check_init_flags(args, "swav_init_ckpt", "EXP/checkpoint.pth of a Suave run, or swav_800ep_pretrain.pth.tar")
+    if args.sync_bn not in ("pytorch", "none"):
+        refuse(f"--sync_bn {args.sync_bn}: use pytorch (SyncBatchNorm across GPUs) or none")
+    ignored_unless_default(args, "syncbn_process_group_size", 8, "it sized apex's SyncBatchNorm groups; PyTorch's "
+                           "SyncBatchNorm here spans all processes")
+    check_arch(args.arch)
+    check_hidden_mlp(args.hidden_mlp)

@@ -17,7 +17,6 @@ from src.data import SWAV_STD, LabelledBatch, UnlabelledBatch
 from src.data_setup import DataConfig, swav_multicrop_config
 from src.distributed import get_world_size
 from src.ema import frozen_copy, paired_parameters
-from src.errors import UserError
 from src.logging_utils import get_logger
 from src.method import Method, Schedules, init_from_checkpoint, resolve_num_outputs
 from src.models import NetworkOutput, SwAVNetwork, backbone_from_flags
@@ -47,15 +46,6 @@ class SuaveMethod(Method):
         super().__init__(args, num_classes, device)
         self.num_prototypes = resolve_num_outputs(args.nmb_prototypes, num_classes, "--nmb_prototypes",
                                                   args.train_mode)
-        if max(args.crops_for_assign) >= sum(args.nmb_crops):
-            raise UserError(f"--crops_for_assign {args.crops_for_assign} names a crop beyond the "
-                            f"{sum(args.nmb_crops)} crops of --nmb_crops {args.nmb_crops}")
-        if args.use_momentum and max(args.crops_for_assign) >= args.nmb_crops[0]:
-            raise UserError("--use_momentum true computes targets from the first --nmb_crops group only: "
-                            f"--crops_for_assign {args.crops_for_assign} must be < {args.nmb_crops[0]}")
-        if args.require_init_ckpt and not args.swav_init_ckpt:
-            raise UserError("this recipe fine-tunes a checkpoint: pass --swav_init_ckpt PATH "
-                            "(e.g. EXP/checkpoint.pth of a Suave run, or swav_800ep_pretrain.pth.tar)")
         self.student = build_suave_network(args, self.num_prototypes)
         if args.swav_init_ckpt:
             init_from_checkpoint(self.student, args.swav_init_ckpt, "--swav_init_ckpt", args.checkpoint_key,

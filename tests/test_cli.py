@@ -6,6 +6,7 @@ import pickle
 import pytest
 
 from src.checkpoint import CheckpointError
+from src.args import FlagParser
 from src.cli import run_main
 from src.data.errors import DataError, ImageLoadError
 from src.errors import FlagError, MissingPathError, TrainingDiverged, UserError
@@ -15,7 +16,7 @@ def _run(error: BaseException) -> int:
     def main(args: argparse.Namespace) -> None:
         raise error
 
-    return run_main(lambda: argparse.ArgumentParser(add_help=False), main, "prog", [])
+    return run_main(lambda: FlagParser(add_help=False, check=lambda args: None), main, "prog", [])
 
 
 @pytest.mark.parametrize("error", [UserError("bad --x"), FlagError("bad --x"), MissingPathError("bad --x"),
@@ -60,7 +61,7 @@ def test_wandb_that_cannot_start_is_a_one_line_error(tmp_path, monkeypatch, caps
     def main(args: argparse.Namespace) -> None:
         WandbRun(True, "project", None, "online", None, "run", {}, str(tmp_path))
 
-    assert run_main(lambda: argparse.ArgumentParser(add_help=False), main, "prog", []) == 2
+    assert run_main(lambda: FlagParser(add_help=False, check=lambda args: None), main, "prog", []) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --wandb true: wandb could not start (No API key configured.") and err.count("\n") == 1
     assert "run `wandb login` first, or add --wandb_mode offline" in err

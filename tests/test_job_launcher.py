@@ -75,7 +75,8 @@ def write_fake_entry(root: Path) -> str:
 QUIRKY_RECIPE = (
     "main_suave.py \\\n"
     "--epochs 3 \\\n"
-    "--size_crops 224 96 \\\n"
+    "--warmup_epochs 0 \\\n"
+    "--crops_for_assign 0 1 \\\n"
     "--batch_size 32  \\\n"
     "\n"
     "# a comment line\n"
@@ -108,7 +109,8 @@ def data_dir(tmp_path: Path) -> str:
 def recipe(tmp_path: Path) -> str:
     path = tmp_path / "recipes" / "train_tiny.sh"
     path.parent.mkdir()
-    path.write_text("main_suave.py \\\n--epochs 2 \\\n--size_crops 32 16 \\\n--batch_size 8\n")
+    path.write_text("main_suave.py \\\n--epochs 2 \\\n--warmup_epochs 0 \\\n--nmb_crops 2 2 \\\n--size_crops 32 16 \\\n"
+                    "--min_scale_crops 0.14 0.05 \\\n--max_scale_crops 1 0.14 \\\n--batch_size 8\n")
     return str(path)
 
 
@@ -148,9 +150,9 @@ def test_recipe_with_release_quirks_reads_like_the_release(tmp_path):
     assert script.entry == "main_suave.py"
     tokens = [t for flag in script.flags for t in flag.tokens]
     assert ["main_suave.py", *tokens] == release_reference_tokens(QUIRKY_RECIPE)
-    assert [f.name for f in script.flags] == ["--epochs", "--size_crops", "--batch_size", "--batch_size",
-                                             "--swav_init_ckpt"]
-    assert script.flags[1].values == ("224", "96") and script.flags[-1].values == ("<ckpt.pth>",)
+    assert [f.name for f in script.flags] == ["--epochs", "--warmup_epochs", "--crops_for_assign", "--batch_size",
+                                             "--batch_size", "--swav_init_ckpt"]
+    assert script.flags[2].values == ("0", "1") and script.flags[-1].values == ("<ckpt.pth>",)
 
 
 RELEASED = sorted(glob.glob(os.path.join(REPO, "suave", "scripts", "*.sh"))
@@ -172,6 +174,8 @@ def test_every_flag_of_the_released_recipes_exists(path):
     script = read_script_file(path)
     method = os.path.basename(os.path.dirname(os.path.dirname(path)))
     flags = list(script.flags) + [Flag(("--data_path", "/d"), "test"), Flag(("--output_dir", "/o"), "test")]
+    if any(f.tokens == ("--require_init_ckpt", "true") for f in script.flags):  # the checkpoint is given at launch
+        flags.append(Flag((f"--{registry.entry(method).init_flag}", "/c"), "test"))
     args = validate_flags(registry.entry(method).get_parser, flags, script.entry)  # the project's own parser accepts every flag
     assert args.epochs == int(next(f.values[0] for f in script.flags if f.name == "--epochs"))
     assert args.output_dir == "/o"
@@ -213,7 +217,8 @@ def test_dry_run_writes_records_and_the_exact_command(num_gpus, entry_root, data
         program = [PY, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(num_gpus), entry]
     else:
         program = [PY, entry]
-    flags = ["--epochs", "5", "--size_crops", "224", "96", "--batch_size", "16", "--swav_init_ckpt", "<ckpt.pth>"]
+    flags = ["--epochs", "5", "--warmup_epochs", "0", "--crops_for_assign", "0", "1", "--batch_size", "16",
+             "--swav_init_ckpt", "<ckpt.pth>"]
     flags += ["--device", "cpu"] if num_gpus == 0 else []
     flags += ["--data_path", data_dir, "--output_dir", exp]
     cwd, command = command_sh_argv(os.path.join(exp, "command.sh"))
@@ -248,7 +253,8 @@ def test_paths_are_made_absolute(entry_root, data_dir, tmp_path, monkeypatch):
     work = tmp_path / "work"
     (work / "recipes").mkdir(parents=True)
     (work / "init.pth").write_text("weights")
-    (work / "recipes" / "r.sh").write_text("main_suave.py \\\n--swav_init_ckpt ./init.pth \\\n--epochs 1\n")
+    (work / "recipes" / "r.sh").write_text("main_suave.py \\\n--swav_init_ckpt ./init.pth \\\n--epochs 1 \\\n"
+                                           "--warmup_epochs 0\n")
     monkeypatch.chdir(work)
     argv = ["--num_gpus", "0", "--data_dir", os.path.relpath(data_dir, work), "--script_file", "recipes/r.sh",
             "--base_experiment_dir", "exps", "--experiment_dir", "mine", "--dry_run"]

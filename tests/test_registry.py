@@ -53,11 +53,17 @@ def test_no_product_module_spells_a_registered_name_but_its_own():
 TOY_ARGS = '''
 import argparse
 
-from src.args import add_backbone_args, add_data_args, add_run_args
+from src.args import FlagParser, add_backbone_args, add_data_args, add_run_args, check_shared_args
+from src.flag_checks import POSITIVE, require
+
+
+def check_args(args):
+    check_shared_args(args)
+    require(args, POSITIVE, "lr")
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser("Toy", add_help=False)
+    parser = FlagParser("Toy", add_help=False, check=check_args)
     add_data_args(parser)
     add_run_args(parser)
     parser.set_defaults(train_mode="supervised", temperature=1.0)

@@ -25,6 +25,7 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
+from src.args import own_data_problem
 from src.atomic_io import write_text_atomic
 
 from .errors import DataError
@@ -64,17 +65,10 @@ class OwnDataSpec:
                    include_labelled=bool(getattr(args, "unlab_include_labelled", True)))
 
     def check(self) -> None:
-        if self.lab_dir and self.lab_csv:
-            raise DataError("give one labelled source: --lab_dir ROOT (ROOT/<class>/<image>) or --lab_csv FILE "
-                            "(path,class lines), not both")
-        if not (self.lab_dir or self.lab_csv):
-            raise DataError("own-data sources need a labelled source (it defines the classes): add --lab_dir ROOT "
-                            "(ROOT/<class>/<image>) or --lab_csv FILE (path,class lines)")
-        if not (self.unlab_dirs or self.unlab_lists):
-            raise DataError("own-data sources need unlabelled images: add --unlab_dir FOLDER [FOLDER ...] (searched "
-                            "recursively) or --unlab_list FILE (one path a line)")
-        if self.val_dir and self.val_csv:
-            raise DataError("give one validation source: --val_dir ROOT or --val_csv FILE, not both")
+        problem = own_data_problem(self.unlab_dirs or self.unlab_lists, self.lab_dir, self.lab_csv, self.val_dir,
+                                   self.val_csv)
+        if problem:
+            raise DataError(problem)
 
 
 @dataclass

@@ -1,14 +1,16 @@
 """Flags ``eval_semisup.py`` and ``eval_linear.py`` share (names and defaults of the release where it has them).
 
-``semisup_args_parser`` and ``linear_args_parser`` are the two scripts' whole parsers (the launcher imports them);
-"(new)" marks flags the release does not have.
+``semisup_args_parser`` and ``linear_args_parser`` are the two scripts' whole parsers (the launcher imports them),
+each with the check of its flags' values (``check_semisup_args``, ``check_linear_args``); "(new)" marks flags the
+release does not have.
 """
 from __future__ import annotations
 
 import argparse
 
 from src.args import add_backbone_args as shared_backbone_args
-from src.args import bf16_flag, bool_flag
+from src.args import FlagParser, bf16_flag, bool_flag, check_arch, check_hidden_mlp
+from src.flag_checks import NON_NEGATIVE, POSITIVE, at_least, ignored_unless_default, refuse, require, within_epochs
 
 
 def add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -61,9 +63,13 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
 
 def add_dist_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("distributed")
-    g.add_argument("--dist_url", default="env://", type=str, help="kept for the release's scripts; env:// only")
-    g.add_argument("--world_size", default=-1, type=int, help="set from the environment; do not pass")
-    g.add_argument("--rank", default=0, type=int, help="set from the environment; do not pass")
+    g.add_argument("--dist_url", default="env://", type=str,
+                   help="ignored (kept so the release's scripts run): processes meet through the environment "
+                        "(MASTER_ADDR, MASTER_PORT), as torchrun and job_launcher.py set it")
+    g.add_argument("--world_size", default=-1, type=int,
+                   help="ignored (kept so the release's scripts run): the environment's WORLD_SIZE counts processes")
+    g.add_argument("--rank", default=0, type=int,
+                   help="ignored (kept so the release's scripts run): each process's rank is the environment's RANK")
     g.add_argument("--local_rank", "--local-rank", default=None, type=int,
                    help="given by old launchers; the environment's LOCAL_RANK/SLURM_LOCALID wins")
 
@@ -76,9 +82,55 @@ def add_shared_args(parser: argparse.ArgumentParser) -> None:
     add_dist_args(parser)
 
 
-def semisup_args_parser() -> argparse.ArgumentParser:
+def check_shared_args(args: argparse.Namespace) -> None:
+    """The values of the flags both evaluation scripts have (``add_shared_args``) and of their optimisation."""
+    require(args, at_least(1), "crop_size", "val_batch_size", "patch_size", "log_freq", "epochs", "batch_size")
+    require(args, NON_NEGATIVE, "val_resize", "val_crop", "workers", "max_iters_per_epoch", "stop_after_epochs",
+            "lr", "final_lr", "wd", "decay_epochs")
+    require(args, POSITIVE, "std", why="the images are divided by it")
+    require(args, POSITIVE, "gamma", why="the learning rate is multiplied by it at each of --decay_epochs")
+
+
+def applies_lr_last_layer(args: argparse.Namespace) -> bool:
+    """Whether the head trains at --lr_last_layer (x the schedule / --lr): ``--apply_lr_last_layer``, by default
+    only with SwAV's step schedule (the release's cosine gave the head the trunk's lr)."""
+    return args.apply_lr_last_layer if args.apply_lr_last_layer is not None else args.scheduler_type == "step"
+
+
+def check_semisup_args(args: argparse.Namespace) -> None:
+    """Every value eval_semisup.py cannot fine-tune with, refused before any data is read (src.flag_checks)."""
+    check_shared_args(args)
+    require(args, NON_NEGATIVE, "lr_last_layer")
+    within_epochs(args, "warmup_epochs")
+    if args.scheduler_type == "step" and args.warmup_epochs:
+        refuse(f"--warmup_epochs {args.warmup_epochs}: it applies to --scheduler_type cosine only (SwAV's step "
+               "schedule has none); drop it or use --scheduler_type cosine")
+    if applies_lr_last_layer(args) and args.lr == 0:
+        refuse("--lr 0 with --lr_last_layer applied (--apply_lr_last_layer or --scheduler_type step): the head's lr "
+               "is the schedule x lr_last_layer / lr; use --lr > 0")
+    if args.ensemble_eval:
+        refuse("--ensemble_eval true is not supported: the release's eval_semisup builds that classifier with 0 "
+               "inputs; fine-tune without it")
+    ignored_unless_default(args, "bn_ensemble", False, "it configured the --ensemble_eval classifier, which is not "
+                           "supported")
+    if args.mixup_type != "extend" and not args.mixup:
+        refuse(f"--mixup_type {args.mixup_type} applies with --mixup true only: add it or drop --mixup_type")
+    check_arch(args.arch)
+    check_hidden_mlp(args.hidden_mlp)
+
+
+def check_linear_args(args: argparse.Namespace) -> None:
+    """Every value eval_linear.py cannot train with, refused before any data is read (src.flag_checks)."""
+    check_shared_args(args)
+    if args.use_bn and args.global_pooling:
+        refuse("--use_bn true applies with --global_pooling false only (the BatchNorm2d of the pooled feature "
+               "map; the release ignored it): add --global_pooling false or drop --use_bn")
+    check_arch(args.arch)
+
+
+def semisup_args_parser() -> FlagParser:
     """eval_semisup.py's flags: the release's fine-tuning parser (SwAV lineage), plus the shared ones."""
-    parser = argparse.ArgumentParser("Fine-tuning with 1% or 10% of the labels", add_help=False)
+    parser = FlagParser("Fine-tuning with 1% or 10% of the labels", add_help=False, check=check_semisup_args)
     g = parser.add_argument_group("labels")
     g.add_argument("--labels_perc", type=str, default="10", choices=["1", "10"],
                    help="fine-tune on either 1%% or 10%% of labels (DATA/subsets/{1,10}percent.txt)")
@@ -90,7 +142,7 @@ def semisup_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--load_hidden_mlp", type=bool_flag, default=True,
                    help="load the head layers whose names and shapes match the checkpoint's projection head")
     g.add_argument("--ensemble_eval", type=bool_flag, default=False, help="kept for the release's scripts: false only")
-    g.add_argument("--bn_ensemble", type=bool_flag, default=False, help="kept for the release's scripts")
+    g.add_argument("--bn_ensemble", type=bool_flag, default=False, help="kept for the release's scripts: false only")
     g = parser.add_argument_group("optimisation")
     g.add_argument("--epochs", default=50, type=int, help="number of total epochs to run")
     g.add_argument("--batch_size", default=64, type=int, help="batch size per process")
@@ -117,9 +169,9 @@ def semisup_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def linear_args_parser() -> argparse.ArgumentParser:
+def linear_args_parser() -> FlagParser:
     """eval_linear.py's flags: the release's linear-classification parser, plus the shared ones."""
-    parser = argparse.ArgumentParser("Linear classification on frozen features", add_help=False)
+    parser = FlagParser("Linear classification on frozen features", add_help=False, check=check_linear_args)
     g = parser.add_argument_group("classifier")
     g.add_argument("--global_pooling", default=True, type=bool_flag,
                    help="if True, we use the backbone's global average pooling (ViT: the CLS token)")
