@@ -8,7 +8,7 @@ import argparse
 import sys
 from typing import Callable
 
-from src.errors import TrainingDiverged, UserError
+from src.errors import RankLost, TrainingDiverged, UserError
 
 
 def run_main(get_parser: Callable[[], argparse.ArgumentParser], main: Callable[[argparse.Namespace], object],
@@ -20,7 +20,7 @@ def run_main(get_parser: Callable[[], argparse.ArgumentParser], main: Callable[[
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except TrainingDiverged as exc:
+    except (TrainingDiverged, RankLost) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:
