@@ -27,6 +27,7 @@ DEFAULT_TIMEOUT_S = 600  # --dist_timeout: how long a collective waits for a ran
 # What gloo and NCCL raise in the survivors when a peer is gone: it closed its sockets (killed), or it stopped
 # answering and the process-group timeout ran out.
 _BROKEN_COLLECTIVE = re.compile(r"Connection closed by peer|Connection reset by peer|Broken pipe|Timed out waiting|"
+                                r"Application timeout caused pair closure|"
                                 r"Watchdog caught collective operation timeout|NCCL communicator was aborted")
 _world_nodes: list[str] = []  # the node of every rank, by rank: gathered once when the process group forms
 
