@@ -147,9 +147,10 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--wandb_mode", type=str, default="online", choices=["online", "offline", "disabled"],
                    help="(new) wandb mode; offline works without network")
     g.add_argument("--dist_url", type=str, default="env://", help="kept for the release's scripts; env:// only")
-    g.add_argument("--dist_timeout", type=float, default=600, metavar="SECONDS",
+    g.add_argument("--dist_timeout", type=float, default=1800, metavar="SECONDS",
                    help="(new) how long a collective waits for a rank that stopped answering (a lost node) before "
-                        "the run stops on every rank, naming that rank and its node")
+                        "the run stops on every rank, naming that rank and its node (also how long the other ranks "
+                        "wait while rank 0 alone first scans own-data folders)")
     g.add_argument("--world_size", type=int, default=-1, help="set from the environment; do not pass")
     g.add_argument("--rank", type=int, default=0, help="set from the environment; do not pass")
     g.add_argument("--local_rank", "--local-rank", type=int, default=None,

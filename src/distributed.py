@@ -23,7 +23,9 @@ import torch.distributed as dist
 
 from src.errors import FlagError, RankLost
 
-DEFAULT_TIMEOUT_S = 600  # --dist_timeout: how long a collective waits for a rank that stopped answering
+# --dist_timeout: how long a collective waits for a rank that stopped answering; as long as torch's own default,
+# since the other ranks wait in a barrier while rank 0 alone scans a large folder of one's own data the first time
+DEFAULT_TIMEOUT_S = 1800
 # What gloo and NCCL raise in the survivors when a peer is gone: it closed its sockets (killed), or it stopped
 # answering and the process-group timeout ran out.
 _BROKEN_COLLECTIVE = re.compile(r"Connection closed by peer|Connection reset by peer|Broken pipe|Timed out waiting|"

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.slow
 NODES = ("n1", "n2")
 TWO_NODES = ["--num_nodes", "2", "--tasks_per_node", "1"]
 EPOCHS = {"suave": 3, "daino": 2}
-DIST_TIMEOUT_S = 15  # the lost-node test's --dist_timeout (the default is 600)
+DIST_TIMEOUT_S = 15  # the lost-node test's --dist_timeout (the default is 1800)
 
 
 @pytest.fixture(scope="module")
