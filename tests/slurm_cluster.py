@@ -195,8 +195,8 @@ HOSTS_MARK = "# suave-daino test cluster"  # the lines test clusters add (and re
 
 def _resolves_by_itself(name: str) -> bool:
     """``name`` resolves, and not through a line another test cluster added (it may remove it at any time)."""
-    if any(HOSTS_MARK in line and name in line.split("#")[0].split()[1:]
-           for line in HOSTS_FILE.read_text(encoding="utf-8").splitlines()):
+    lines = HOSTS_FILE.read_text(encoding="utf-8").splitlines() if HOSTS_FILE.exists() else []
+    if any(HOSTS_MARK in line and name in line.split("#")[0].split()[1:] for line in lines):
         return False
     try:
         socket.gethostbyname(name)
