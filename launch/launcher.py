@@ -135,20 +135,22 @@ def _resumed(opts: dict[str, Any], explicit: set[str], overrides: list[str]) -> 
 
 
 def job_parameters(opts: dict[str, Any], job_root: str, python_path: list[str]) -> dict[str, Any]:
-    """SlurmExecutor parameters: a task per GPU (or --tasks_per_node), 40 GB per GPU unless --mem_gb, as DINO."""
+    """SlurmExecutor parameters: a task per GPU (or --tasks_per_node), 40 GB per GPU unless --mem_gb, as DINO;
+    srun ends every task when one fails (``--kill-on-bad-exit``), so no rank is left waiting for a lost one."""
     gpus, mem_gb = opts["num_gpus"], opts["mem_gb"] or 40 * max(1, opts["num_gpus"])
     joined = ":".join(shlex.quote(p) for p in dict.fromkeys(python_path))
     params = {"job_name": opts["name"], "time": max(1, round(60 * opts["hours"])), "nodes": opts["num_nodes"],
               "ntasks_per_node": gpus or opts.get("tasks_per_node") or 1, "cpus_per_task": opts["cpus_per_task"],
               "mem": f"{int(mem_gb)}GB" if mem_gb == int(mem_gb) else f"{int(mem_gb * 1024)}MB",
               **({"gpus_per_node": gpus} if gpus > 0 else {}), "signal_delay_s": 120,
+              "srun_args": ["--kill-on-bad-exit=1"],
               "setup": [f"cd {shlex.quote(job_root)}", f'export PYTHONPATH={joined}"${{PYTHONPATH:+:$PYTHONPATH}}"']}
     return params | {key: opts[key] for key in ("partition", "account", "qos", "constraint") if opts[key]}
 
 
 def sbatch_options(params: dict[str, Any]) -> list[str]:
     """The parameters as sbatch options (submitit's ``signal_delay_s``: ``--signal=USR2@N``)."""
-    named = {k: v for k, v in params.items() if k not in ("setup", "signal_delay_s")}
+    named = {k: v for k, v in params.items() if k not in ("setup", "signal_delay_s", "srun_args")}
     return [f"--{k.replace('_', '-')}={v}" for k, v in named.items()] + [f"--signal=USR2@{params['signal_delay_s']}"]
 
 
@@ -217,8 +219,9 @@ class SlurmTrainer:
         job_id = str(submitit.JobEnvironment().job_id).split("_")[0]  # the release's rule: 10000 + its last 4 digits
         env.master_port = self.master_port or 10000 + int("".join(filter(str.isdigit, job_id))[-4:] or 0)
         env.export(set_cuda_visible_devices=False, overwrite=True)  # the engine picks the GPU by LOCAL_RANK
-        print(f"[job_launcher] task rank {env.rank}/{env.world_size} (local {env.local_rank}), "
-              f"master {env.master_addr}:{env.master_port}", flush=True)
+        from src.distributed import node_name  # in the job: torch is imported there anyway
+        print(f"[job_launcher] task rank {env.rank}/{env.world_size} (local {env.local_rank}) on node "
+              f"{node_name()}, master {env.master_addr}:{env.master_port}", flush=True)
         module = importlib.import_module(self.entry_module)
         return module.main(module.get_args_parser().parse_args(self.train_flags))
 

@@ -22,6 +22,14 @@ class FlagParser(argparse.ArgumentParser):
         self.check = check
 
 
+def add_dist_timeout_arg(group: argparse._ArgumentGroup) -> None:
+    """``--dist_timeout``, for every entry point that may run on several processes."""
+    group.add_argument("--dist_timeout", type=float, default=1800, metavar="SECONDS",
+                       help="(new) how long a collective waits for a rank that stopped answering (a lost node) "
+                            "before the run stops on every rank, naming that rank and its node (also how long the "
+                            "other ranks wait while rank 0 alone first scans own-data folders)")
+
+
 def bool_flag(value: str | bool) -> bool:
     """Parse the release's boolean flags: on/true/1 and off/false/0 (case-insensitive)."""
     if isinstance(value, bool):
@@ -165,6 +173,7 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dist_url", type=str, default="env://",
                    help="ignored (kept so the release's scripts run): processes meet through the environment "
                         "(MASTER_ADDR, MASTER_PORT), as torchrun and job_launcher.py set it")
+    add_dist_timeout_arg(g)
     g.add_argument("--world_size", type=int, default=-1,
                    help="ignored (kept so the release's scripts run): the environment's WORLD_SIZE counts processes")
     g.add_argument("--rank", type=int, default=0,
@@ -200,6 +209,7 @@ def check_shared_args(args: argparse.Namespace) -> None:
             "max_iters_per_epoch", "time_budget_min", "eval_every_min", "stop_after_epochs",
             why="0 turns it off")
     require(args, POSITIVE, "std", why="the images are divided by it")
+    require(args, POSITIVE, "dist_timeout", why="seconds a collective waits for a rank")
     require(args, at_least(1), "lab_crop_size", "val_batch_size", "log_freq", "nan_check_every")
     require(args, SCALE, "lab_min_scale", why="a fraction of the image's area")
     require(args, PROBABILITY, "mixup_lab_prob")

@@ -11,7 +11,7 @@ import sys
 from typing import Callable
 
 from src.args import FlagParser
-from src.errors import TrainingDiverged, UserError
+from src.errors import RankLost, TrainingDiverged, UserError
 
 
 def run_main(get_parser: Callable[[], FlagParser], main: Callable[[argparse.Namespace], object],
@@ -24,7 +24,7 @@ def run_main(get_parser: Callable[[], FlagParser], main: Callable[[argparse.Name
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except TrainingDiverged as exc:
+    except (TrainingDiverged, RankLost) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
     except KeyboardInterrupt:

@@ -4,17 +4,34 @@ Works unchanged on one CPU process with no launcher, under ``torchrun`` (``RANK`
 ``LOCAL_RANK``) and under Slurm ``srun`` (``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``).
 Unlike the released ``init_distributed_mode``, the local rank under Slurm comes from
 ``SLURM_LOCALID`` (the release read ``LOCAL_RANK``, which srun does not set).
+
+A rank that dies (its connections close) or stops answering (a node gone without closing them: the process-group
+timeout, ``--dist_timeout``) breaks the collective the others wait in; ``lost_rank_error`` turns that error into
+one line naming the ranks and nodes that did not answer and the command that continues the run.
 """
 from __future__ import annotations
 
 import datetime
 import os
+import re
+import socket
+import time
 from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-from src.errors import FlagError
+from src.errors import FlagError, RankLost
+
+# --dist_timeout: how long a collective waits for a rank that stopped answering; as long as torch's own default,
+# since the other ranks wait in a barrier while rank 0 alone scans a large folder of one's own data the first time
+DEFAULT_TIMEOUT_S = 1800
+# What gloo and NCCL raise in the survivors when a peer is gone: it closed its sockets (killed), or it stopped
+# answering and the process-group timeout ran out.
+_BROKEN_COLLECTIVE = re.compile(r"Connection closed by peer|Connection reset by peer|Broken pipe|Timed out waiting|"
+                                r"Application timeout caused pair closure|"
+                                r"Watchdog caught collective operation timeout|NCCL communicator was aborted")
+_world_nodes: list[str] = []  # the node of every rank, by rank: gathered once when the process group forms
 
 
 @dataclass(frozen=True)
@@ -54,14 +71,20 @@ def launched_by_launcher() -> bool:
     return ("RANK" in os.environ and "WORLD_SIZE" in os.environ) or "SLURM_PROCID" in os.environ
 
 
+def node_name() -> str:
+    """This process's node: Slurm's name for it (``SLURMD_NODENAME``), else the host name."""
+    return os.environ.get("SLURMD_NODENAME") or socket.gethostname()
+
+
 def init_distributed(local_rank_arg: int | None = None, device: str = "auto",
-                     timeout_minutes: int = 30) -> DistInfo:
+                     timeout_s: float = DEFAULT_TIMEOUT_S) -> DistInfo:
     """Initialise the default process group when launched with several processes.
 
     ``device``: "auto" (CUDA when available), "cpu" or "cuda". NCCL on GPU, gloo on CPU.
     A single process without a launcher gets no process group: every collective here is a no-op. A single GPU
     process under torchrun or Slurm does join an NCCL group of one, as the DINO and SwAV releases do, so that
     one GPU runs the same DDP and collective code as many; a single CPU process stays without one.
+    ``timeout_s``: how long any collective waits for a rank before it fails (a rank that stopped answering).
     """
     rank, world, local = detect_ranks(local_rank_arg)
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
@@ -79,7 +102,9 @@ def init_distributed(local_rank_arg: int | None = None, device: str = "auto",
         os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
         os.environ.setdefault("MASTER_PORT", "29500")
         dist.init_process_group(backend=backend, init_method="env://", world_size=world, rank=rank,
-                                timeout=datetime.timedelta(minutes=timeout_minutes))
+                                timeout=datetime.timedelta(seconds=timeout_s))
+        _world_nodes[:] = [""] * world
+        dist.all_gather_object(_world_nodes, node_name())
     return DistInfo(rank, world, local, dev, backend)
 
 
@@ -175,6 +200,48 @@ def union_of_names(names: list[str]) -> list[str]:
     gathered: list = [None] * get_world_size()
     dist.all_gather_object(gathered, list(names))
     return list(dict.fromkeys(name for part in gathered for name in part))
+
+
+def lost_ranks(wait_s: float) -> list[int] | None:
+    """After a broken collective: the ranks that do not answer. Every survivor marks itself in the rendezvous
+    store and waits up to ``wait_s`` for the others' marks; None when the store itself is gone (under ``env://``
+    rank 0 holds it, so rank 0 is among the lost)."""
+    rank, world = dist.get_rank(), dist.get_world_size()
+    try:
+        store = dist.distributed_c10d._get_default_store()
+        store.set(f"survivor/{rank}", node_name())
+        deadline = time.monotonic() + wait_s
+        while True:
+            missing = [r for r in range(world) if not store.check([f"survivor/{r}"])]
+            if not missing or time.monotonic() > deadline:
+                return missing
+            time.sleep(0.2)
+    except (RuntimeError, ValueError, OSError):  # the store's connection refused or reset: its holder is gone
+        return None
+
+
+def lost_rank_error(exc: BaseException, output_dir: str, wait_s: float = 3.0) -> RankLost | None:
+    """The error to raise instead of ``exc`` when ``exc`` is a collective broken by a lost rank (None for any
+    other error): which ranks on which nodes stopped answering, and the command that continues from the last
+    checkpoint (``job_launcher.py --resume`` for an experiment of the launcher, else the same command again)."""
+    if not is_dist() or not _BROKEN_COLLECTIVE.search(str(exc)):
+        return None
+    lost = lost_ranks(wait_s)
+    nodes = _world_nodes or ["?"] * get_world_size()
+    if lost is None:
+        who = f"rank 0 (node {nodes[0]}, which held the rendezvous) is gone"
+    elif lost:
+        who = ", ".join(f"rank {r} (node {nodes[r]})" for r in lost) + " stopped answering"
+    else:
+        return None  # every rank answers: not a lost rank
+    checkpoint = os.path.join(output_dir, "checkpoint.pth")
+    if os.path.isfile(os.path.join(output_dir, "args.json")):
+        resume = f"continue with: python job_launcher.py --resume {output_dir}"
+    else:
+        resume = "continue with the same command (it resumes from checkpoint.pth)"
+    cause = re.sub(r"^\[[^\]]*\] ?", "", " ".join(str(exc).split())).split(". ")[0]  # gloo's file:line first
+    kept = f"{checkpoint} is the last good checkpoint" if os.path.isfile(checkpoint) else "no checkpoint yet"
+    return RankLost(f"lost {who} ({cause}); the run stopped on every rank, {kept}: {resume}")
 
 
 def cleanup() -> None:

@@ -21,7 +21,7 @@ from src.checkpoint import (LAYOUT_VERSION, checkpoint_networks, copy_snapshot, 
                             save_checkpoint_atomic)
 from src.data.bad_images import BadImageTracker
 from src.data_setup import DataBundle, DataConfig, build_data
-from src.logging_utils import MetricLogger, Stopwatch, format_seconds, setup_logging
+from src.logging_utils import MetricLogger, Stopwatch, format_seconds, get_logger, setup_logging
 from src.method import Method, Schedules
 from src.metrics import correct_topk
 from src.release_fixes import active_fixes, fix_on
@@ -37,7 +37,7 @@ class Trainer:
     def __init__(self, args: argparse.Namespace, data_config: Callable[[argparse.Namespace], DataConfig],
                  make_method: Callable[[argparse.Namespace, int, torch.device], Method]) -> None:
         self.args = args
-        self.dist = distributed.init_distributed(args.local_rank, args.device)
+        self.dist = distributed.init_distributed(args.local_rank, args.device, args.dist_timeout)
         args.rank, args.world_size = self.dist.rank, self.dist.world_size
         os.makedirs(args.output_dir, exist_ok=True)
         self.logger = setup_logging(args.output_dir, self.dist.rank)
@@ -293,5 +293,11 @@ def run_training(args: argparse.Namespace, data_config: Callable[[argparse.Names
     warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
     try:
         return Trainer(args, data_config, make_method).fit()
+    except RuntimeError as exc:  # a rank lost mid-run: say which, on which node, and how to continue
+        lost = distributed.lost_rank_error(exc, args.output_dir)
+        if lost is None:
+            raise
+        get_logger().error("%s", lost)
+        raise lost from exc
     finally:
         distributed.cleanup()

@@ -22,3 +22,7 @@ class MissingPathError(UserError, FileNotFoundError):
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the iteration and the last good checkpoint."""
+
+
+class RankLost(RuntimeError):
+    """A rank of a distributed run died or stopped answering; the message names it, its node and how to continue."""

@@ -71,7 +71,7 @@ def evaluate_checkpoint(cli_args: argparse.Namespace, method_name: str) -> dict[
     parser = parts.get_args_parser()
     overrides = given_flags(cli_args, parser, EVAL_FLAGS)
     output_dir = cli_args.output_dir if given_flags(cli_args, parser, ("output_dir",)) else os.path.dirname(path)
-    dist = distributed.init_distributed(cli_args.local_rank, cli_args.device)
+    dist = distributed.init_distributed(cli_args.local_rank, cli_args.device, cli_args.dist_timeout)
     try:
         logger = setup_logging(output_dir, dist.rank, log_name="eval.log")
         trained = load_trained(path, dist.device, expect_method=method_name,

@@ -422,6 +422,7 @@ def test_slurm_submission_asks_for_the_right_resources(fake_slurm, entry_root, d
     assert sbatch["#SBATCH --output"] == f"{logs}/%j_0_log.out" and sbatch["#SBATCH --error"] == f"{logs}/%j_0_log.err"
     last = script.strip().splitlines()[-1]
     assert last.startswith("srun ") and last.endswith(f"{PY} -u -m submitit.core._submit {logs}")
+    assert " --kill-on-bad-exit=1 " in last  # one failed task ends the job's other tasks
     assert "conda" not in script
     out = capsys.readouterr().out
     assert "Submitted job 4242" in out and f"{logs}/4242_0_log.out" in out and f"{logs}/4242_0_log.err" in out

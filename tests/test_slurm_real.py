@@ -136,11 +136,13 @@ def submit(argv: list[str], capsys) -> str:
     return submitted_job_id(capsys.readouterr().out)
 
 
-def assert_finished_run(experiment: str, job_id: str, epochs: int) -> dict:
-    """Both tasks logged, rank 0 alone wrote the checkpoint, stats and log, each once."""
+def assert_finished_run(experiment: str, job_id: str, epochs: int, nodes: tuple[str, str] | None = None) -> dict:
+    """Both tasks logged (on ``nodes``, one task each, when given), rank 0 alone wrote the checkpoint, stats and
+    log, each once."""
     for task in (0, 1):
         log = (Path(experiment) / "slurm" / f"{job_id}_{task}_log.out").read_text()
-        assert f"task rank {task}/2 (local {task})" in log and "Job completed successfully" in log, log[-2000:]
+        where = f"(local 0) on node {nodes[task]}," if nodes else f"(local {task}) on node "
+        assert f"task rank {task}/2 {where}" in log and "Job completed successfully" in log, log[-2000:]
     ckpt = read_checkpoint(os.path.join(experiment, "checkpoint.pth"))
     assert (ckpt["epoch"], ckpt["world_size"]) == (epochs, 2)
     stats = Path(experiment, "stats.csv").read_text().splitlines()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 
 from src.args import add_backbone_args as shared_backbone_args
-from src.args import FlagParser, bf16_flag, bool_flag, check_arch, check_hidden_mlp
+from src.args import FlagParser, add_dist_timeout_arg, bf16_flag, bool_flag, check_arch, check_hidden_mlp
 from src.flag_checks import NON_NEGATIVE, POSITIVE, at_least, ignored_unless_default, refuse, require, within_epochs
 
 
@@ -72,6 +72,7 @@ def add_dist_args(parser: argparse.ArgumentParser) -> None:
                    help="ignored (kept so the release's scripts run): each process's rank is the environment's RANK")
     g.add_argument("--local_rank", "--local-rank", default=None, type=int,
                    help="given by old launchers; the environment's LOCAL_RANK/SLURM_LOCALID wins")
+    add_dist_timeout_arg(g)
 
 
 def add_shared_args(parser: argparse.ArgumentParser) -> None:
@@ -88,6 +89,7 @@ def check_shared_args(args: argparse.Namespace) -> None:
     require(args, NON_NEGATIVE, "val_resize", "val_crop", "workers", "max_iters_per_epoch", "stop_after_epochs",
             "lr", "final_lr", "wd", "decay_epochs")
     require(args, POSITIVE, "std", why="the images are divided by it")
+    require(args, POSITIVE, "dist_timeout", why="seconds a collective waits for a rank")
     require(args, POSITIVE, "gamma", why="the learning rate is multiplied by it at each of --decay_epochs")
 
 

@@ -63,7 +63,7 @@ class EvalRunner:
     def __init__(self, args: argparse.Namespace, build_data: Callable[[argparse.Namespace, Any], EvalData],
                  build_task: Callable[[argparse.Namespace, Any, EvalData, Pretrained], EvalTask]) -> None:
         self.args = args
-        self.dist = distributed.init_distributed(args.local_rank, args.device)
+        self.dist = distributed.init_distributed(args.local_rank, args.device, args.dist_timeout)
         args.rank, args.world_size = self.dist.rank, self.dist.world_size
         os.makedirs(args.output_dir, exist_ok=True)
         self.logger = setup_logging(args.output_dir, self.dist.rank)
