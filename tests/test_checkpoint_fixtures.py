@@ -1,0 +1,87 @@
+"""Checkpoints written by the code before issue 47's one checkpoint type (tests/fixtures/checkpoints/, made by
+its make_fixtures.py) still load: a Suave run resumes, ``--evaluate`` and ``src.predict`` read it and agree
+with the network computed here, an eval_semisup run resumes."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+import eval_semisup
+import main_suave
+from src.cli import run_main
+from src.data import load_rgb
+from src.data.synthetic import make_synthetic_imagefolder
+from src.data_setup import eval_transform
+from src.predict import main as predict_main
+from src.trained import classifier, load_trained
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "checkpoints"
+SUAVE = FIXTURES / "suave_cnn6_main.pth"
+SEMISUP = FIXTURES / "eval_semisup_cnn6_main.pth"
+SUAVE_FLAGS = ["--arch", "cnn6", "--hidden_mlp", "32", "--feat_dim", "16", "--nmb_crops", "2", "--size_crops", "32",
+               "--min_scale_crops", "0.3", "--max_scale_crops", "1", "--batch_size", "8", "--lab_batch_size", "4",
+               "--base_lr", "0.3", "--final_lr", "0.003", "--warmup_epochs", "0", "--warmup_proj_nepochs", "0",
+               "--workers", "0", "--use_fp16", "false", "--lab_crop_size", "32", "--val_resize", "0",
+               "--val_crop", "0", "--queue_length", "0", "--max_iters_per_epoch", "2"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """The generated data the fixtures were trained on (same seed: same class names and images)."""
+    root = tmp_path_factory.mktemp("fixture_data")
+    return make_synthetic_imagefolder(str(root / "data"), num_classes=4, train_per_class=8, val_per_class=4,
+                                      size=32, seed=0, subset_per_class=4)
+
+
+def test_suave_checkpoint_of_main_resumes(data, tmp_path, capsys):
+    out = tmp_path / "suave"
+    out.mkdir()
+    shutil.copy(SUAVE, out / "checkpoint.pth")
+    argv = ["--data_path", str(data.root), "--subset_file", str(data.subset_file), "--output_dir", str(out),
+            "--epochs", "2", *SUAVE_FLAGS]
+    assert run_main(main_suave.get_args_parser, main_suave.main, "Suave", argv) == 0
+    log = (out / "train.log").read_text()
+    assert "resumed from" in log and "epoch 1, iteration 2" in log
+    results = json.loads((out / "results.json").read_text())
+    assert results["epochs_completed"] == 2 and results["iterations"] == 4
+
+
+def test_suave_checkpoint_of_main_evaluates_and_predicts(data, tmp_path):
+    trained = load_trained(str(SUAVE))
+    assert trained.method_name == "suave" and trained.epoch == 1 and len(trained.classes) == 4
+    # the top-1 of --evaluate and of predict's CSV against the network computed here on DATA/val
+    val = os.path.join(str(data.root), "val")
+    paths = sorted(str(p) for p in Path(val).rglob("*.png"))
+    transform = eval_transform(trained.preprocessing)
+    with torch.no_grad():
+        scores = classifier(trained)(torch.stack([transform(load_rgb(p)) for p in paths]))
+    truth = [trained.classes.index(os.path.basename(os.path.dirname(p))) for p in paths]
+    expected = 100 * sum(int(s == t) for s, t in zip(scores.argmax(1).tolist(), truth)) / len(paths)
+    argv = ["--evaluate", str(SUAVE), "--data_path", str(data.root), "--output_dir", str(tmp_path)]
+    assert run_main(main_suave.get_args_parser, main_suave.main, "Suave", argv) == 0
+    assert json.loads((tmp_path / "eval.json").read_text())["val_acc1"] == pytest.approx(expected)
+    out = tmp_path / "preds.csv"
+    assert predict_main(["--checkpoint", str(SUAVE), "--images", val, "--out", str(out)]) == 0
+    preds = pd.read_csv(out, keep_default_na=False).sort_values("path")
+    assert list(preds["path"]) == paths
+    assert list(preds["predicted_class"]) == [trained.classes[i] for i in scores.argmax(1).tolist()]
+
+
+def test_eval_semisup_checkpoint_of_main_resumes(data, tmp_path):
+    out = tmp_path / "semisup"
+    out.mkdir()
+    shutil.copy(SEMISUP, out / "checkpoint.pth")
+    argv = ["--data_path", str(data.root), "--pretrained", str(SUAVE), "--checkpoint_key", "student", "--arch",
+            "cnn6", "--crop_size", "32", "--val_resize", "0", "--val_crop", "0", "--workers", "0", "--dump_path",
+            str(out), "--subset_file", str(data.subset_file), "--hidden_mlp", "32", "--batch_size", "4",
+            "--epochs", "2"]
+    assert run_main(eval_semisup.get_args_parser, eval_semisup.main, "eval_semisup", argv) == 0
+    assert "at epoch 1" in (out / "train.log").read_text()
+    results = json.loads((out / "results.json").read_text())
+    assert results["epochs_completed"] == 2
