@@ -20,12 +20,12 @@ from typing import Any
 import torch
 
 from src.cli import run_main
-from src.distributed import DistInfo
+from src.distributed import DistInfo, wrap_ddp
 from src.downstream.args import linear_args_parser as get_args_parser
 from src.downstream.backbone import Pretrained
 from src.downstream.data import EvalData, build_eval_data
 from src.downstream.models import LinearProbe, frozen_features
-from src.downstream.runner import EvalTask, run_evaluation, wrap_ddp
+from src.downstream.runner import EvalTask, run_evaluation
 from src.logging_utils import get_logger
 
 NAME = "eval_linear"
@@ -47,7 +47,7 @@ def build_task(args: argparse.Namespace, dist: DistInfo, data: EvalData, pretrai
         get_logger().warning("--use_bn applies with --global_pooling false only (as the release): no BatchNorm")
     probe = LinearProbe(feature_shape(backbone, args, dist.device), data.num_classes, args.global_pooling,
                         args.use_bn).to(dist.device)
-    ddp = wrap_ddp(probe, dist)
+    probe, ddp = wrap_ddp(probe, dist)
     optimizer = torch.optim.SGD(probe.parameters(), lr=args.lr, nesterov=args.nesterov, momentum=0.9,
                                 weight_decay=args.wd)
     if args.scheduler_type == "step":

@@ -24,12 +24,12 @@ import numpy as np
 import torch
 
 from src.cli import run_main
-from src.distributed import DistInfo
+from src.distributed import DistInfo, wrap_ddp
 from src.downstream.args import semisup_args_parser as get_args_parser
 from src.downstream.backbone import Pretrained, load_matching_head
 from src.downstream.data import EvalData, build_eval_data
 from src.downstream.models import HEAD_PREFIX, FineTuneNetwork
-from src.downstream.runner import EvalTask, run_evaluation, wrap_ddp
+from src.downstream.runner import EvalTask, run_evaluation
 from src.errors import UserError
 from src.optim import cosine_schedule, param_groups
 
@@ -65,7 +65,7 @@ def build_task(args: argparse.Namespace, dist: DistInfo, data: EvalData, pretrai
     if checkpoint is not None and args.load_hidden_mlp:
         load_matching_head(model, checkpoint, args.checkpoint_key, HEAD_PREFIX)
     model.to(dist.device)
-    ddp = wrap_ddp(model, dist)
+    model, ddp = wrap_ddp(model, dist)
     groups = param_groups(model, args.wd, no_decay_bias_and_norm=False, lr_overrides={HEAD_PREFIX: head_lr_scale(args)})
     optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=0.9, weight_decay=args.wd)
     what = f"the labels of {args.subset_file}" if args.subset_file else f"{args.labels_perc}% of labels"

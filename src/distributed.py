@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from src.errors import FlagError
 
@@ -175,6 +176,22 @@ def union_of_names(names: list[str]) -> list[str]:
     gathered: list = [None] * get_world_size()
     dist.all_gather_object(gathered, list(names))
     return list(dict.fromkeys(name for part in gathered for name in part))
+
+
+def wrap_ddp(module: nn.Module, info: DistInfo, sync_bn: bool = True,
+             others: tuple[nn.Module, ...] = ()) -> tuple[nn.Module, nn.Module]:
+    """``(module, trained)``: ``trained`` is DistributedDataParallel around the trained module when a process group
+    exists (the trainable part alone, as the releases), else ``module`` itself. On GPUs with ``sync_bn``, BatchNorm
+    becomes SyncBatchNorm in ``module`` and in ``others`` (the networks it updates by EMA), as the releases; the
+    conversion keeps the parameter objects, so EMA pairs stay valid. The returned ``module`` is the converted one."""
+    if info.backend is None:  # no process group: a single process
+        return module, module
+    if sync_bn and info.device.type == "cuda":
+        for other in others:
+            nn.SyncBatchNorm.convert_sync_batchnorm(other)
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    device_ids = [info.device.index] if info.device.type == "cuda" else None
+    return module, nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
 
 
 def cleanup() -> None:

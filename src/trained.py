@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from src.checkpoint import LAYOUT_VERSION, checkpoint_networks, read_checkpoint
+from src.checkpoint import LAYOUT_VERSION, CheckpointError, RunCheckpoint
 from src.data import class_index
 from src.errors import UserError
 from src.train_step import Precision, validation_precision
@@ -45,24 +45,24 @@ def method_parts(name: str) -> MethodParts:
                        importlib.import_module(args_module).get_args_parser)
 
 
-def checkpoint_method(checkpoint: dict, where: str) -> str:
-    """``method_name`` of a checkpoint (layout 1: told by its flags), or UserError if it is not one of ours."""
-    name = checkpoint.get("method_name")
-    if name is None and isinstance(checkpoint.get("args"), dict):
-        args = checkpoint["args"]
+def checkpoint_method(checkpoint: RunCheckpoint, where: str) -> str:
+    """``method_name`` of a checkpoint (layout 1: told by its flags), or UserError if it is not a training run."""
+    name = checkpoint.method_name
+    if name is None:
+        args = checkpoint.args
         name = "suave" if "swav_init_ckpt" in args else "daino" if "dino_init_ckpt" in args else None
     if name not in METHODS:
-        raise UserError(f"{where} is not a checkpoint written by main_suave.py / main_daino.py (entries "
-                        f"{sorted(map(str, checkpoint))[:8]}); use EXP/checkpoint.pth of a run of this project "
+        raise UserError(f"{where} is not a checkpoint written by main_suave.py / main_daino.py (it was written by "
+                        f"{name or 'an unknown script'}); use EXP/checkpoint.pth of a training run of this project "
                         "(released SwAV/DINO files start a run: --swav_init_ckpt / --dino_init_ckpt)")
     return name
 
 
-def method_args(checkpoint: dict, parts: MethodParts, overrides: dict[str, Any] | None = None) -> argparse.Namespace:
+def method_args(checkpoint: RunCheckpoint, parts: MethodParts, overrides: dict[str, Any] | None = None) -> argparse.Namespace:
     """The run's flags: the parser's defaults (flags added since the run), then the stored ones, then
     ``overrides``; init-checkpoint flags off (the weights come from the checkpoint)."""
     args = parts.get_args_parser().parse_args([])
-    for key, value in checkpoint["args"].items():
+    for key, value in checkpoint.args.items():
         setattr(args, key, value)
     for key, value in {**_INIT_FLAGS, **(overrides or {})}.items():
         setattr(args, key, value)
@@ -103,12 +103,12 @@ class TrainedModel:
         return float(self.args.temperature)
 
 
-def _classes(checkpoint: dict, data_path: str | None, where: str) -> list[str]:
+def _classes(checkpoint: RunCheckpoint, data_path: str | None, where: str) -> list[str]:
     """The stored class names; for a layout-1 checkpoint, the sorted folders of DATA/train (``data_path``, else
     the run's own ``--data_path`` when it still exists)."""
-    if checkpoint.get("classes"):
-        return list(checkpoint["classes"])
-    stored = checkpoint["args"].get("data_path")
+    if checkpoint.classes:
+        return list(checkpoint.classes)
+    stored = checkpoint.args.get("data_path")
     if data_path is None and stored and os.path.isdir(os.path.join(stored, "train")):
         data_path = stored
     if data_path is None:
@@ -129,19 +129,23 @@ def load_trained(path: str, device: torch.device | str = "cpu", expect_method: s
     ``data_path`` names the classes of a layout-1 checkpoint (from ``DATA/train``; default: the run's own). ``overrides`` replace
     stored flags (e.g. ``val_batch_size``).
     """
-    checkpoint = read_checkpoint(path, flag="--checkpoint")
     where = os.fspath(path)
+    try:
+        checkpoint = RunCheckpoint.load(path, flag="--checkpoint")
+    except CheckpointError as error:  # a readable file that is not a run's checkpoint
+        raise UserError(f"{error}; released SwAV/DINO files start a run: --swav_init_ckpt / --dino_init_ckpt") \
+            from error
     name = checkpoint_method(checkpoint, where)
     if expect_method is not None and name != expect_method:
         raise UserError(f"{where} is a {name} checkpoint: evaluate it with python {ENTRY_POINTS[name]}")
     parts = method_parts(name)
     args = method_args(checkpoint, parts, overrides)
     classes = _classes(checkpoint, data_path, where)
-    preprocessing = checkpoint.get("eval_preprocessing") or parts.data_config(args).eval_preprocessing()
+    preprocessing = checkpoint.eval_preprocessing or parts.data_config(args).eval_preprocessing()
     device = torch.device(device)
-    memory_format = torch.channels_last if getattr(args, "channels_last", False) else torch.contiguous_format
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     method = parts.method_class(args, len(classes), device)
-    stored = checkpoint_networks(checkpoint)
+    stored = checkpoint.all_networks()
     networks = {"student": method.student, **method.kept_networks()}
     for network_name, network in networks.items():
         if network_name not in stored:
@@ -149,7 +153,7 @@ def load_trained(path: str, device: torch.device | str = "cpu", expect_method: s
                             f"{', '.join(sorted(stored)) or 'none'}): it is not a complete checkpoint of this project")
         network.load_state_dict(stored[network_name])
         network.to(device, memory_format=memory_format).eval()  # as the engine places them
-    return TrainedModel(where, name, method, args, classes, preprocessing, int(checkpoint.get("epoch", 0)), networks)
+    return TrainedModel(where, name, method, args, classes, preprocessing, checkpoint.epoch, networks)
 
 
 class ClassScores(nn.Module):

@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-import src.checkpoint as checkpoint_module
+import src.checkpoint.files as checkpoint_module
 import src.models as models
 from src.checkpoint import (
     CheckpointError,
