@@ -68,6 +68,8 @@ class EpochLoop:
     hooks: list[RunHook]
     clock: TrainClock
     logger: Any
+    checkpoint_path: str
+    last_good_checkpoint: str  # for the message of a diverged run
 
     def fit(self) -> dict[str, Any]:
         run = self.run
@@ -105,7 +107,20 @@ class EpochLoop:
         for hook in self.hooks:
             getattr(hook, point)(self, *args)
 
+    def save_checkpoint(self) -> None:
+        """``checkpoint()`` with every rank's RNG state, written atomically by rank 0 to ``checkpoint.pth``."""
+        checkpoint = self.checkpoint()
+        checkpoint.rng = gather_rng_states()  # collective: every rank
+        if distributed.is_main_process():
+            checkpoint.save(self.checkpoint_path)
+            self.last_good_checkpoint = self.checkpoint_path
+        distributed.barrier()
+
     # what a subclass provides
+    def checkpoint(self) -> RunCheckpoint:
+        """What the run's checkpoint holds now, RNG states aside (called on every rank)."""
+        raise NotImplementedError
+
     def log_start(self) -> None:
         raise NotImplementedError
 
@@ -297,28 +312,21 @@ class Trainer(EpochLoop):
             self.logger.info("time budget of %.1f min reached: stopped in epoch %d", self.config.time_budget_min,
                              epoch)
 
-    def save_checkpoint(self) -> None:
-        """Every stateful object, atomically, by rank 0 (collective parts gathered on every rank first)."""
+    def checkpoint(self) -> RunCheckpoint:
+        """What the run's checkpoint holds now (collective: every rank calls it)."""
         self.step.check_finite(self.last_good_checkpoint)  # never save a diverged model (--nan_check_every)
         method_state = self.method.state_dict()  # may gather across ranks: every rank calls it
         lab_state = self.data.lab_loader.state_dict() if self.data.lab_loader is not None else None
-        rng = gather_rng_states()
         self.bad_images.merge_ranks()
-        if not distributed.is_main_process():
-            distributed.barrier()
-            return
-        RunCheckpoint(
+        return RunCheckpoint(
             method_name=self.method.name, student=self.method.student.state_dict(),
             networks={name: network.state_dict() for name, network in self.method.kept_networks().items()},
             args=plain_args(self.args), classes=self.data.class_names,
             eval_preprocessing=self.data_config.eval_preprocessing(), optimizer=self.optimizer.state_dict(),
-            scaler=self.precision.scaler.state_dict() if self.precision.scaler is not None else None, rng=rng,
+            scaler=self.precision.scaler.state_dict() if self.precision.scaler is not None else None,
             epoch=self.state.epoch, iteration=self.state.iteration, iter_in_epoch=self.state.iter_in_epoch,
             wandb_id=self.state.wandb_id, world_size=self.dist.world_size,
-            state={"method": method_state, "lab_loader": lab_state, "bad_images": self.bad_images.state_dict()},
-        ).save(self.checkpoint_path)
-        self.last_good_checkpoint = self.checkpoint_path
-        distributed.barrier()
+            state={"method": method_state, "lab_loader": lab_state, "bad_images": self.bad_images.state_dict()})
 
 
 def run_training(args: argparse.Namespace, data_config: Callable[[argparse.Namespace], DataConfig],

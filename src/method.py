@@ -179,7 +179,7 @@ class Method:
 
     def kept_networks(self) -> dict[str, nn.Module]:
         """Networks besides the student, by the name the checkpoint stores them under (``"teacher"``: Daino's
-        EMA teacher, Suave's momentum encoder); see the contract in ``src/checkpoint.py``."""
+        EMA teacher, Suave's momentum encoder); see the contract in ``src/checkpoint/run_file.py``."""
         return {}
 
     def state_dict(self) -> dict[str, Any]:

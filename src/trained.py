@@ -1,4 +1,4 @@
-"""A trained model rebuilt from one of this project's checkpoints (the contract in ``src/checkpoint.py``).
+"""A trained model rebuilt from one of this project's checkpoints (the contract in ``src/checkpoint/run_file.py``).
 
 ``load_trained(path)`` reads the file, rebuilds the method's networks from the flags stored in it (no
 training flags needed), loads the student and every kept network (Daino's teacher, Suave's momentum encoder)

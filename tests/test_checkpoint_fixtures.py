@@ -1,6 +1,7 @@
 """Checkpoints written by the code before issue 47's one checkpoint type (tests/fixtures/checkpoints/, made by
 its make_fixtures.py) still load: a Suave run resumes, ``--evaluate`` and ``src.predict`` read it and agree
-with the network computed here, an eval_semisup run resumes."""
+with the network computed here, an eval_semisup run resumes; ``RunCheckpoint`` keeps the training file's layout
+and reads the evaluation scripts' old one."""
 from __future__ import annotations
 
 import json
@@ -12,8 +13,10 @@ import pandas as pd
 import pytest
 import torch
 
+import eval_linear
 import eval_semisup
 import main_suave
+from src.checkpoint import CheckpointError, RunCheckpoint, read_checkpoint
 from src.cli import run_main
 from src.data import load_rgb
 from src.data.synthetic import make_synthetic_imagefolder
@@ -85,3 +88,69 @@ def test_eval_semisup_checkpoint_of_main_resumes(data, tmp_path):
     assert "at epoch 1" in (out / "train.log").read_text()
     results = json.loads((out / "results.json").read_text())
     assert results["epochs_completed"] == 2
+
+
+def _assert_same(a, b, where="file"):
+    assert type(a) is type(b) or (isinstance(a, dict) and isinstance(b, dict)), where
+    if isinstance(a, torch.Tensor):
+        assert torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert list(a) == list(b), where
+        for key in a:
+            _assert_same(a[key], b[key], f"{where}[{key!r}]")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_same(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def test_run_checkpoint_keeps_the_layout_of_a_training_file(tmp_path):
+    """Loaded and saved again through RunCheckpoint, the training run's file holds the same entries, in the same
+    order, with the same values."""
+    ckpt = RunCheckpoint.load(SUAVE)
+    assert (ckpt.method_name, ckpt.layout_version, ckpt.epoch, ckpt.iteration) == ("suave", 2, 1, 2)
+    assert ckpt.classes == ["c0", "c1", "c2", "c3"] and set(ckpt.state) == {"method", "lab_loader", "bad_images"}
+    assert ckpt.networks == {}  # Suave without --use_momentum keeps no teacher
+    ckpt.save(tmp_path / "again.pth")
+    raw = read_checkpoint(SUAVE)
+    again = read_checkpoint(tmp_path / "again.pth")
+    assert sorted(again) == sorted(raw)
+    _assert_same({k: again[k] for k in raw}, raw)
+
+
+def test_run_checkpoint_reads_the_old_evaluation_layout():
+    raw = read_checkpoint(SEMISUP)
+    assert raw["layout"] == "suave-daino evaluation checkpoint v1"  # what the scripts wrote before RunCheckpoint
+    ckpt = RunCheckpoint.load(SEMISUP)
+    assert ckpt.method_name == "eval_semisup" and ckpt.epoch == 1 and ckpt.classes == raw["class_names"]
+    _assert_same(ckpt.student, raw["model"])
+    assert set(ckpt.state) == {"scheduler", "best_acc"} and ckpt.state["best_acc"] == raw["best_acc"]
+    again = RunCheckpoint.from_dict(ckpt.to_dict())
+    _assert_same(again.student, ckpt.student)
+    assert (again.method_name, again.epoch, again.classes, again.state["best_acc"]) == \
+        (ckpt.method_name, ckpt.epoch, ckpt.classes, ckpt.state["best_acc"])
+
+
+def test_run_checkpoint_refuses_files_that_are_not_runs(tmp_path):
+    plain = tmp_path / "weights.pth"  # a released-style plain state_dict
+    torch.save({"conv1.weight": torch.zeros(2)}, plain)
+    with pytest.raises(CheckpointError, match=r"weights.pth is not a checkpoint of a run of this project"):
+        RunCheckpoint.load(plain)
+    with pytest.raises(ValueError, match="may not hold the contract's entries"):
+        RunCheckpoint("suave", {}, {}, state={"epoch": 3}).to_dict()
+
+
+def test_another_scripts_checkpoint_is_refused_in_one_line(data, tmp_path, capsys):
+    """eval_linear pointed at a --dump_path that holds eval_semisup's checkpoint (the old layout) says so."""
+    out = tmp_path / "linear"
+    out.mkdir()
+    shutil.copy(SEMISUP, out / "checkpoint.pth")
+    argv = ["--data_path", str(data.root), "--pretrained", str(SUAVE), "--checkpoint_key", "student", "--arch",
+            "cnn6", "--crop_size", "32", "--val_resize", "0", "--val_crop", "0", "--workers", "0", "--dump_path",
+            str(out), "--epochs", "1"]
+    assert run_main(eval_linear.get_args_parser, eval_linear.main, "eval_linear", argv) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: {out / 'checkpoint.pth'} is a checkpoint of eval_semisup, not eval_linear: give this run "
+                   "another --output_dir (or resume that one with its own entry point)\n")

@@ -23,15 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from src import distributed
-from src.checkpoint import RunCheckpoint, unwrap_module
+from src.checkpoint import RunCheckpoint, resuming_into, unwrap_module
 from src.engine import CHECKPOINT_NAME, EpochLoop
-from src.errors import UserError
 from src.logging_utils import MetricLogger, Stopwatch, format_seconds
 from src.metrics import correct_topk
 from src.optim import apply_schedules
 from src.run_config import RunConfig, start_run
 from src.run_hooks import StatsLog, StopAfterEpochs, TrainClock, WandbConfig, WandbLog
-from src.run_state import RunState, gather_rng_states, plain_args, set_rng_state
+from src.run_state import RunState, plain_args, set_rng_state
 from src.train_step import Precision, stop_if_not_finite
 from src.validation import validate
 
@@ -87,11 +86,9 @@ class EvalRunner(EpochLoop):
             self.logger.info("no %s in %s: starting at epoch 0", CHECKPOINT_NAME, self.run.output_dir)
             return
         ckpt = RunCheckpoint.load(self.checkpoint_path)
-        if ckpt.method_name != self.task.name:
-            raise UserError(f"{self.checkpoint_path} is not a checkpoint of {self.task.name}.py (it holds "
-                            f"{ckpt.method_name or 'a run from before layout 2'}): use another --dump_path")
-        self.task.model.load_state_dict(ckpt.student)
-        self.task.optimizer.load_state_dict(ckpt.optimizer)
+        with resuming_into(self.checkpoint_path, ckpt, self.task.name, plain_args(self.args)):
+            self.task.model.load_state_dict(ckpt.student)
+            self.task.optimizer.load_state_dict(ckpt.optimizer)
         if self.task.scheduler is not None:
             self.task.scheduler.load_state_dict(scheduler_state_from_plain(ckpt.state["scheduler"]))
         if self.precision.scaler is not None and ckpt.scaler:
@@ -104,20 +101,15 @@ class EvalRunner(EpochLoop):
         self.logger.info("resumed from %s at epoch %d (best top-1 so far %.2f)", self.checkpoint_path,
                          self.state.epoch, self.best[0])
 
-    def save_checkpoint(self) -> None:
-        rng = gather_rng_states()  # collective: every rank
-        if distributed.is_main_process():
-            RunCheckpoint(
-                method_name=self.task.name, student=unwrap_module(self.task.model).state_dict(),
-                args=plain_args(self.args), classes=list(self.data.class_names),
-                optimizer=self.task.optimizer.state_dict(),
-                scaler=self.precision.scaler.state_dict() if self.precision.scaler is not None else None,
-                rng=rng, epoch=self.state.epoch, iteration=self.state.iteration,
-                wandb_id=self.state.wandb_id, world_size=self.dist.world_size,
-                state={"scheduler": scheduler_state_to_plain(self.task.scheduler), "best_acc": list(self.best)},
-            ).save(self.checkpoint_path)
-            self.last_good_checkpoint = self.checkpoint_path
-        distributed.barrier()
+    def checkpoint(self) -> RunCheckpoint:
+        return RunCheckpoint(
+            method_name=self.task.name, student=unwrap_module(self.task.model).state_dict(),
+            args=plain_args(self.args), classes=list(self.data.class_names),
+            optimizer=self.task.optimizer.state_dict(),
+            scaler=self.precision.scaler.state_dict() if self.precision.scaler is not None else None,
+            epoch=self.state.epoch, iteration=self.state.iteration, wandb_id=self.state.wandb_id,
+            world_size=self.dist.world_size,
+            state={"scheduler": scheduler_state_to_plain(self.task.scheduler), "best_acc": list(self.best)})
 
     # ------------------------------------------------------------------------------------------- loop
     def log_start(self) -> None:
