@@ -58,7 +58,8 @@ def checkpoint_method(checkpoint: RunCheckpoint, where: str) -> str:
     return name
 
 
-def method_args(checkpoint: RunCheckpoint, parts: MethodParts, overrides: dict[str, Any] | None = None) -> argparse.Namespace:
+def method_args(checkpoint: RunCheckpoint, parts: MethodParts,
+                overrides: dict[str, Any] | None = None) -> argparse.Namespace:
     """The run's flags: the parser's defaults (flags added since the run), then the stored ones, then
     ``overrides``; init-checkpoint flags off (the weights come from the checkpoint)."""
     args = parts.get_args_parser().parse_args([])

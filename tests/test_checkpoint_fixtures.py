@@ -1,6 +1,6 @@
 """Checkpoints written by the code before issue 47's one checkpoint type (tests/fixtures/checkpoints/, made by
 its make_fixtures.py) still load: a Suave run resumes, ``--evaluate`` and ``src.predict`` read it and agree
-with the network computed here, an eval_semisup run resumes; ``RunCheckpoint`` keeps the training file's layout
+with the network computed here, an eval_linear run resumes; ``RunCheckpoint`` keeps the training file's layout
 and reads the evaluation scripts' old one."""
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from src.trained import classifier, load_trained
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "checkpoints"
 SUAVE = FIXTURES / "suave_cnn6_main.pth"
-SEMISUP = FIXTURES / "eval_semisup_cnn6_main.pth"
+LINEAR = FIXTURES / "eval_linear_cnn6_main.pth"
 SUAVE_FLAGS = ["--arch", "cnn6", "--hidden_mlp", "32", "--feat_dim", "16", "--nmb_crops", "2", "--size_crops", "32",
                "--min_scale_crops", "0.3", "--max_scale_crops", "1", "--batch_size", "8", "--lab_batch_size", "4",
                "--base_lr", "0.3", "--final_lr", "0.003", "--warmup_epochs", "0", "--warmup_proj_nepochs", "0",
@@ -76,16 +76,22 @@ def test_suave_checkpoint_of_main_evaluates_and_predicts(data, tmp_path):
     assert list(preds["predicted_class"]) == [trained.classes[i] for i in scores.argmax(1).tolist()]
 
 
-def test_eval_semisup_checkpoint_of_main_resumes(data, tmp_path):
-    out = tmp_path / "semisup"
+LINEAR_FLAGS = ["--pretrained", str(SUAVE), "--checkpoint_key", "student", "--arch", "cnn6", "--crop_size", "32",
+                "--val_resize", "0", "--val_crop", "0", "--workers", "0", "--batch_size", "8",
+                "--scheduler_type", "step", "--decay_epochs", "1", "--max_iters_per_epoch", "2"]
+
+
+def test_eval_linear_checkpoint_of_main_resumes(data, tmp_path):
+    """The probe, its MultiStepLR (milestones stored as plain data) and the best accuracy come back."""
+    out = tmp_path / "linear"
     out.mkdir()
-    shutil.copy(SEMISUP, out / "checkpoint.pth")
-    argv = ["--data_path", str(data.root), "--pretrained", str(SUAVE), "--checkpoint_key", "student", "--arch",
-            "cnn6", "--crop_size", "32", "--val_resize", "0", "--val_crop", "0", "--workers", "0", "--dump_path",
-            str(out), "--subset_file", str(data.subset_file), "--hidden_mlp", "32", "--batch_size", "4",
-            "--epochs", "2"]
-    assert run_main(eval_semisup.get_args_parser, eval_semisup.main, "eval_semisup", argv) == 0
-    assert "at epoch 1" in (out / "train.log").read_text()
+    shutil.copy(LINEAR, out / "checkpoint.pth")
+    argv = ["--data_path", str(data.root), "--dump_path", str(out), "--epochs", "2", *LINEAR_FLAGS]
+    assert run_main(eval_linear.get_args_parser, eval_linear.main, "eval_linear", argv) == 0
+    assert "resumed from" in (out / "train.log").read_text() and "at epoch 1 (best top-1 so far 25.00)" in \
+        (out / "train.log").read_text()
+    stats = pd.read_csv(out / "stats.csv")
+    assert list(stats["epoch"]) == [1] and stats["train_lr"].tolist() == pytest.approx([0.03])  # 0.3 x 0.1 after 1
     results = json.loads((out / "results.json").read_text())
     assert results["epochs_completed"] == 2
 
@@ -121,16 +127,16 @@ def test_run_checkpoint_keeps_the_layout_of_a_training_file(tmp_path):
 
 
 def test_run_checkpoint_reads_the_old_evaluation_layout():
-    raw = read_checkpoint(SEMISUP)
+    raw = read_checkpoint(LINEAR)
     assert raw["layout"] == "suave-daino evaluation checkpoint v1"  # what the scripts wrote before RunCheckpoint
-    ckpt = RunCheckpoint.load(SEMISUP)
-    assert ckpt.method_name == "eval_semisup" and ckpt.epoch == 1 and ckpt.classes == raw["class_names"]
+    ckpt = RunCheckpoint.load(LINEAR)
+    assert ckpt.method_name == "eval_linear" and ckpt.epoch == 1 and ckpt.classes == raw["class_names"]
     _assert_same(ckpt.student, raw["model"])
     assert set(ckpt.state) == {"scheduler", "best_acc"} and ckpt.state["best_acc"] == raw["best_acc"]
     again = RunCheckpoint.from_dict(ckpt.to_dict())
     _assert_same(again.student, ckpt.student)
-    assert (again.method_name, again.epoch, again.classes, again.state["best_acc"]) == \
-        (ckpt.method_name, ckpt.epoch, ckpt.classes, ckpt.state["best_acc"])
+    assert (again.method_name, again.epoch, again.classes, again.state) == \
+        (ckpt.method_name, ckpt.epoch, ckpt.classes, ckpt.state)
 
 
 def test_run_checkpoint_refuses_files_that_are_not_runs(tmp_path):
@@ -143,14 +149,15 @@ def test_run_checkpoint_refuses_files_that_are_not_runs(tmp_path):
 
 
 def test_another_scripts_checkpoint_is_refused_in_one_line(data, tmp_path, capsys):
-    """eval_linear pointed at a --dump_path that holds eval_semisup's checkpoint (the old layout) says so."""
-    out = tmp_path / "linear"
+    """eval_semisup pointed at a --dump_path that holds eval_linear's checkpoint (the old layout) says so."""
+    out = tmp_path / "semisup"
     out.mkdir()
-    shutil.copy(SEMISUP, out / "checkpoint.pth")
+    shutil.copy(LINEAR, out / "checkpoint.pth")
     argv = ["--data_path", str(data.root), "--pretrained", str(SUAVE), "--checkpoint_key", "student", "--arch",
             "cnn6", "--crop_size", "32", "--val_resize", "0", "--val_crop", "0", "--workers", "0", "--dump_path",
-            str(out), "--epochs", "1"]
-    assert run_main(eval_linear.get_args_parser, eval_linear.main, "eval_linear", argv) == 2
+            str(out), "--subset_file", str(data.subset_file), "--hidden_mlp", "32", "--batch_size", "4",
+            "--epochs", "1"]
+    assert run_main(eval_semisup.get_args_parser, eval_semisup.main, "eval_semisup", argv) == 2
     err = capsys.readouterr().err
-    assert err == (f"error: {out / 'checkpoint.pth'} is a checkpoint of eval_semisup, not eval_linear: give this run "
+    assert err == (f"error: {out / 'checkpoint.pth'} is a checkpoint of eval_linear, not eval_semisup: give this run "
                    "another --output_dir (or resume that one with its own entry point)\n")
