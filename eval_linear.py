@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from src.cli import run_main
-from src.distributed import DistInfo
+from src.distributed import DistInfo, wrap_ddp
 from src.downstream.args import linear_args_parser as get_args_parser
 
 if TYPE_CHECKING:  # the data and model modules are imported once the flags are checked (src.cli)
@@ -41,14 +41,14 @@ def feature_shape(backbone: torch.nn.Module, args: argparse.Namespace, device: t
 
 def build_task(args: argparse.Namespace, dist: DistInfo, data: EvalData, pretrained: Pretrained) -> EvalTask:
     from src.downstream.models import LinearProbe, frozen_features
-    from src.downstream.runner import EvalTask, wrap_ddp
+    from src.downstream.runner import EvalTask
     backbone, _ = pretrained
     backbone.to(dist.device).eval()
     for p in backbone.parameters():
         p.requires_grad = False
     probe = LinearProbe(feature_shape(backbone, args, dist.device), data.num_classes, args.global_pooling,
                         args.use_bn).to(dist.device)
-    ddp = wrap_ddp(probe, dist)
+    probe, ddp = wrap_ddp(probe, dist)
     optimizer = torch.optim.SGD(probe.parameters(), lr=args.lr, nesterov=args.nesterov, momentum=0.9,
                                 weight_decay=args.wd)
     if args.scheduler_type == "step":

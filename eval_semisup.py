@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from src.cli import run_main
-from src.distributed import DistInfo
+from src.distributed import DistInfo, wrap_ddp
 from src.downstream.args import applies_lr_last_layer
 from src.downstream.args import semisup_args_parser as get_args_parser
 from src.optim import cosine_schedule, param_groups
@@ -53,13 +53,13 @@ def head_lr_scale(args: argparse.Namespace) -> float:
 def build_task(args: argparse.Namespace, dist: DistInfo, data: EvalData, pretrained: Pretrained) -> EvalTask:
     from src.downstream.backbone import load_matching_head
     from src.downstream.models import HEAD_PREFIX, FineTuneNetwork
-    from src.downstream.runner import EvalTask, wrap_ddp
+    from src.downstream.runner import EvalTask
     backbone, checkpoint = pretrained
     model = FineTuneNetwork(backbone, args.hidden_mlp, data.num_classes)
     if checkpoint is not None and args.load_hidden_mlp:
         load_matching_head(model, checkpoint, args.checkpoint_key, HEAD_PREFIX)
     model.to(dist.device)
-    ddp = wrap_ddp(model, dist)
+    model, ddp = wrap_ddp(model, dist)
     groups = param_groups(model, args.wd, no_decay_bias_and_norm=False, lr_overrides={HEAD_PREFIX: head_lr_scale(args)})
     optimizer = torch.optim.SGD(groups, lr=args.lr, momentum=0.9, weight_decay=args.wd)
     what = f"the labels of {args.subset_file}" if args.subset_file else f"{args.labels_perc}% of labels"

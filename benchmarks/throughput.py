@@ -142,17 +142,18 @@ def build(method_name: str, preset: str, device: torch.device, total_steps: int,
     parser_fn, cls = (suave_parser, SuaveMethod) if method_name == "suave" else (daino_parser, DainoMethod)
     precision_flags = PRECISION_FLAGS[bf16] if isinstance(bf16, str) else (["--use_bf16", "true"] if bf16 else [])
     args = parse(parser_fn, spec[method_name] + precision_flags + extra)
-    perf.configure_backends(args, device)
+    perf_config = perf.PerfConfig.from_args(args)
+    perf.configure_backends(perf_config, device)
     method = cls(args, spec["classes"], device)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     for module in method.networks():
         module.to(device, memory_format=memory_format)
     method.set_train_modes(first_epoch_of_run=True)
-    method.forward_student = perf.maybe_compile(method.student, args)
-    optimizer = perf.maybe_fuse(method.build_optimizer(), args, device)
+    method.forward_student = perf.maybe_compile(method.student, perf_config)
+    optimizer = perf.maybe_fuse(method.build_optimizer(), perf_config, device)
     schedules = method.build_schedules(total_steps + 1)
     precision = Precision(args.use_fp16, args.use_bf16, device)
-    step = TrainStep(method, optimizer, schedules, precision, args.clip_grad, args.nan_check_every)
+    step = TrainStep(method, optimizer, schedules, precision, method.clip_grad, perf_config.nan_check_every)
     lab, unlab, images = fixed_batches(method_name, args, spec["classes"], device)
     if args.channels_last:
         lab, unlab = lab.to(device, channels_last=True), unlab.to(device, channels_last=True)

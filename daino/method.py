@@ -46,6 +46,10 @@ def build_daino_network(args: argparse.Namespace, out_dim: int, student: bool) -
 class DainoMethod(Method):
     name = "daino"
 
+    @property
+    def clip_grad(self) -> float:  # --clip_grad
+        return self.args.clip_grad
+
     def __init__(self, args: argparse.Namespace, num_classes: int, device: torch.device) -> None:
         super().__init__(args, num_classes, device)
         self.out_dim = resolve_num_outputs(args.out_dim, num_classes, "--out_dim", args.train_mode)

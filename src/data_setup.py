@@ -75,8 +75,7 @@ class DataConfig:
             mixup_lab=args.mixup_lab_type if args.mixup_lab else None, mixup_lab_prob=args.mixup_lab_prob,
             train_mode=args.train_mode, max_iters_per_epoch=args.max_iters_per_epoch,
             sources=OwnDataSpec.from_args(args), cache_dir=os.path.abspath(args.output_dir),
-            rescan=bool(getattr(args, "rescan_data", False)),
-            fast_aug=getattr(args, "fast_aug", False), gpu_aug=getattr(args, "gpu_aug", False))
+            rescan=args.rescan_data, fast_aug=args.fast_aug, gpu_aug=args.gpu_aug)
 
 
     def eval_preprocessing(self) -> dict:

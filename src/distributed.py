@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from src.errors import FlagError, RankLost
 
@@ -242,6 +243,22 @@ def lost_rank_error(exc: BaseException, output_dir: str, wait_s: float = 3.0) ->
     cause = re.sub(r"^\[[^\]]*\] ?", "", " ".join(str(exc).split())).split(". ")[0]  # gloo's file:line first
     kept = f"{checkpoint} is the last good checkpoint" if os.path.isfile(checkpoint) else "no checkpoint yet"
     return RankLost(f"lost {who} ({cause}); the run stopped on every rank, {kept}: {resume}")
+
+
+def wrap_ddp(module: nn.Module, info: DistInfo, sync_bn: bool = True,
+             others: tuple[nn.Module, ...] = ()) -> tuple[nn.Module, nn.Module]:
+    """``(module, trained)``: ``trained`` is DistributedDataParallel around the trained module when a process group
+    exists (the trainable part alone, as the releases), else ``module`` itself. On GPUs with ``sync_bn``, BatchNorm
+    becomes SyncBatchNorm in ``module`` and in ``others`` (the networks it updates by EMA), as the releases; the
+    conversion keeps the parameter objects, so EMA pairs stay valid. The returned ``module`` is the converted one."""
+    if info.backend is None:  # no process group: a single process
+        return module, module
+    if sync_bn and info.device.type == "cuda":
+        for other in others:
+            nn.SyncBatchNorm.convert_sync_batchnorm(other)
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    device_ids = [info.device.index] if info.device.type == "cuda" else None
+    return module, nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
 
 
 def cleanup() -> None:

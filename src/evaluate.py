@@ -2,7 +2,7 @@
 FixMatch).
 
 Rebuilds the run from the checkpoint alone (its flags, classes and eval preprocessing: ``src.trained``), then
-runs the engine's own validation (``Trainer.validate``: same loader order, batch size, precision and heads)
+runs the one validation (``src.validation.validate``: training's loader order, batch size, precision and heads)
 on ``DATA/val``: top-1/top-5 of every head (Suave: the prototypes, the online probes and their ensemble;
 Daino: the teacher, ``main``, and the student; FixMatch: the EMA model, ``main``, and the student). Writes
 ``eval.json`` next to the checkpoint or in ``--output_dir``. Runs on the CPU, one GPU or under torchrun (the val
@@ -12,34 +12,21 @@ from __future__ import annotations
 
 import argparse
 import os
-import types
 from typing import Any
 
 from src import distributed, registry
 from src.atomic_io import write_json_atomic
 from src.data import ImageDataset, build_val_loader, class_index, scan_image_folder
 from src.data_setup import capped_workers, eval_transform
-from src.engine import Trainer
 from src.errors import UserError
 from src.logging_utils import setup_logging
-from src.train_step import Precision
 from src.trained import TrainedModel, load_trained, method_parts
+from src.validation import validate
 
 EVAL_NAME = "eval.json"
 # Flags that may change how a checkpoint is evaluated (when given on the command line); every other flag
 # comes from the checkpoint.
 EVAL_FLAGS = ("data_path", "val_batch_size", "workers", "num_workers", "use_fp16", "use_bf16", "channels_last")
-
-
-class CheckpointEvaluator(Trainer):
-    """The engine's ``Trainer`` reduced to what ``validate`` reads: no training loaders, optimiser or resume."""
-
-    def __init__(self, args: argparse.Namespace, trained: TrainedModel, val_loader: Any,
-                 dist: distributed.DistInfo, logger: Any) -> None:  # noqa: no super().__init__: nothing to train
-        self.args, self.dist, self.device, self.logger = args, dist, dist.device, logger
-        self.method = trained.method
-        self.data = types.SimpleNamespace(val_loader=val_loader)
-        self.precision = Precision(args.use_fp16, args.use_bf16, dist.device)
 
 
 def given_flags(cli_args: argparse.Namespace, parser: argparse.ArgumentParser, names: tuple[str, ...]) -> dict:
@@ -83,7 +70,8 @@ def evaluate_checkpoint(cli_args: argparse.Namespace, method_name: str) -> dict[
                                   capped_workers(config.workers), pin_memory=dist.device.type == "cuda")
         logger.info("evaluating %s (%s, epoch %d) on %d images of %s", path, method_name, trained.epoch,
                     len(dataset), os.path.join(args.data_path, "val"))
-        stats = CheckpointEvaluator(args, trained, loader, dist, logger).validate()
+        stats = validate(trained.method.eval_scores, trained.method.eval_modules(), loader, dist.device,
+                         trained.eval_precision(), args.channels_last)
         results = {"checkpoint": path, "method": method_name, "epoch": trained.epoch,
                    "data_path": args.data_path, "val_images": len(dataset), **stats}
         if distributed.is_main_process():

@@ -60,6 +60,8 @@ class Method:
     """Base class; subclasses set ``self.student`` (the trainable network) in ``__init__``."""
 
     name = "method"
+    clip_grad = 0.0  # per-parameter gradient-norm limit on clip_modules() after backward (DINO's --clip_grad); 0: none
+    sync_bn = True  # SyncBatchNorm in every network on GPUs under DDP, as the releases (Suave's --sync_bn none: off)
 
     def __init__(self, args: argparse.Namespace, num_classes: int, device: torch.device) -> None:
         self.args = args
@@ -177,7 +179,7 @@ class Method:
 
     def kept_networks(self) -> dict[str, nn.Module]:
         """Networks besides the student, by the name the checkpoint stores them under (``"teacher"``: Daino's
-        EMA teacher, Suave's momentum encoder); see the contract in ``src/checkpoint.py``."""
+        EMA teacher, Suave's momentum encoder); see the contract in ``src/checkpoint/run_file.py``."""
         return {}
 
     def state_dict(self) -> dict[str, Any]:

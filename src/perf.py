@@ -10,6 +10,7 @@ no compilation, the optimisers' default (for-each) kernels, and a finiteness che
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -19,26 +20,40 @@ from src import distributed
 from src.errors import FlagError
 
 
+@dataclass(frozen=True)
+class PerfConfig:
+    """The speed levers' flags (their defaults are the release's behaviour)."""
+    cudnn_benchmark: bool = True
+    tf32: bool = False
+    compile: bool = False
+    fused_optimizer: bool = False
+    nan_check_every: int = 1
 
-def configure_backends(args: argparse.Namespace, device: torch.device) -> None:
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> PerfConfig:
+        return cls(cudnn_benchmark=args.cudnn_benchmark, tf32=args.tf32, compile=args.compile,
+                   fused_optimizer=args.fused_optimizer, nan_check_every=args.nan_check_every)
+
+
+def configure_backends(config: PerfConfig, device: torch.device) -> None:
     """cuDNN autotuning and TF32 as the flags ask (process-wide PyTorch settings, set once at start-up)."""
     if device.type != "cuda":
         return
-    torch.backends.cudnn.benchmark = getattr(args, "cudnn_benchmark", True)
-    torch.backends.cuda.matmul.allow_tf32 = getattr(args, "tf32", False)  # PyTorch's default: False
+    torch.backends.cudnn.benchmark = config.cudnn_benchmark
+    torch.backends.cuda.matmul.allow_tf32 = config.tf32  # PyTorch's default: False
 
 
-def maybe_compile(forward: nn.Module, args: argparse.Namespace) -> Callable:
+def maybe_compile(forward: nn.Module, config: PerfConfig) -> Callable:
     """``torch.compile(forward)`` with ``--compile true``. The compiled wrapper is only called, never saved:
     checkpoints keep the plain module's parameter names."""
-    return torch.compile(forward) if getattr(args, "compile", False) else forward
+    return torch.compile(forward) if config.compile else forward
 
 
-def maybe_fuse(optimizer: torch.optim.Optimizer, args: argparse.Namespace,
+def maybe_fuse(optimizer: torch.optim.Optimizer, config: PerfConfig,
                device: torch.device) -> torch.optim.Optimizer:
     """The same AdamW (groups, hyper-parameters) with the fused CUDA kernel, with ``--fused_optimizer true``.
     Other optimisers (LARS, SGD) are returned unchanged."""
-    if not getattr(args, "fused_optimizer", False) or device.type != "cuda" or type(optimizer) is not torch.optim.AdamW:
+    if not config.fused_optimizer or device.type != "cuda" or type(optimizer) is not torch.optim.AdamW:
         return optimizer
     groups = [{k: v for k, v in group.items() if k not in ("fused", "foreach")} for group in optimizer.param_groups]
     return torch.optim.AdamW(groups, fused=True)

@@ -13,13 +13,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterator
 
 import torch
 
 from src import distributed
 from src.logging_utils import StatsTable, WandbRun, get_logger
-from src.run_state import RunState, plain_args
+from src.run_state import RunState
 
 if TYPE_CHECKING:  # the engine imports this module
     from src.engine import Trainer
@@ -127,13 +128,27 @@ class StatsLog(RunHook):
             self.table.append(row)
 
 
+@dataclass(frozen=True)
+class WandbConfig:
+    """``--wandb``, ``--wandb_project``, ``--wandb_entity``, ``--wandb_mode``."""
+    enabled: bool = False
+    project: str = "semi-self"
+    entity: str | None = None
+    mode: str = "online"
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> WandbConfig:
+        return cls(args.wandb, args.wandb_project, args.wandb_entity, args.wandb_mode)
+
+
 class WandbLog(RunHook):
     """--wandb: the epoch rows at the global iteration; the run id goes in the checkpoint so a resume continues
-    the same wandb run."""
+    the same wandb run. ``flags``: the run's flags as plain data (the wandb config)."""
 
-    def __init__(self, args: argparse.Namespace, state: RunState, name: str) -> None:
-        self.run = WandbRun(args.wandb, args.wandb_project, args.wandb_entity, args.wandb_mode, state.wandb_id,
-                            name, plain_args(args), args.output_dir)
+    def __init__(self, config: WandbConfig, flags: dict[str, Any], state: RunState, name: str,
+                 output_dir: str) -> None:
+        self.run = WandbRun(config.enabled, config.project, config.entity, config.mode, state.wandb_id, name, flags,
+                            output_dir)
         state.wandb_id = self.run.run_id
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, Any]) -> None:

@@ -67,6 +67,24 @@ class Precision:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device_type, dtype=self.dtype)
 
+    def backward(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer) -> None:
+        """``zero_grad``, then the backward pass; under fp16 the loss is scaled and the gradients unscaled after,
+        so what runs between this and :meth:`step` (clipping, the methods' gradient rules) sees true gradients."""
+        optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(optimizer)
+        else:
+            loss.backward()
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """The optimiser step (under fp16 the GradScaler's: skipped on inf/NaN gradients, scale updated)."""
+        if self.scaler is not None:
+            self.scaler.step(optimizer)
+            self.scaler.update()
+        else:
+            optimizer.step()
+
     def describe(self) -> str:
         names = {None: "fp32", torch.float16: "fp16 autocast + GradScaler", torch.bfloat16: "bf16 autocast"}
         return names[self.dtype] + self.note
@@ -99,32 +117,17 @@ class TrainStep:
         with self.precision.autocast():
             out = self.method.training_step(lab, unlab, epoch, iteration)
         if self.finite.every == 1:
-            # every rank stops at the same step: a rank left alone in the backward's all-reduce would hang
-            if distributed.any_rank(~torch.isfinite(out.loss.detach())):  # one host sync, as the release's .item()
-                loss_value = out.loss.item()
-                what = loss_value if not math.isfinite(loss_value) else "not finite on another rank"
-                raise TrainingDiverged(f"loss is {what} at iteration {iteration} (epoch {epoch}); stopping "
-                                       f"without saving. Last good checkpoint: {checkpoint_hint}")
+            stop_if_not_finite(out.loss, iteration, epoch, checkpoint_hint)
         else:  # --nan_check_every N: no host sync here; read back every N steps and before any checkpoint
             self.finite.record(out.loss, iteration)
             if self.finite.due(iteration):
                 self.check_finite(checkpoint_hint)
-        scaler = self.precision.scaler
-        self.optimizer.zero_grad(set_to_none=True)
-        if scaler is not None:
-            scaler.scale(out.loss).backward()
-            scaler.unscale_(self.optimizer)
-        else:
-            out.loss.backward()
+        self.precision.backward(out.loss, self.optimizer)
         self.method.after_backward(epoch, iteration)
         if self.clip_grad:
             for module in self.method.clip_modules():
                 clip_per_parameter(module, self.clip_grad)
-        if scaler is not None:
-            scaler.step(self.optimizer)
-            scaler.update()
-        else:
-            self.optimizer.step()
+        self.precision.step(self.optimizer)
         self.method.after_optimizer_step(epoch, iteration, self.schedules)
         return out
 
@@ -134,6 +137,16 @@ class TrainStep:
         if bad is not None:
             raise TrainingDiverged(f"loss is not finite at iteration {bad} (checked every {self.finite.every} "
                                    f"steps); stopping without saving. Last good checkpoint: {checkpoint_hint}")
+
+
+def stop_if_not_finite(loss: torch.Tensor, iteration: int, epoch: int, checkpoint_hint: str = "none yet") -> None:
+    """Raise ``TrainingDiverged`` on every rank when the loss is not finite on any rank (one host sync, as the
+    release's ``.item()``): a rank left alone in the backward's all-reduce would hang."""
+    if distributed.any_rank(~torch.isfinite(loss.detach())):
+        loss_value = loss.item()
+        what = loss_value if not math.isfinite(loss_value) else "not finite on another rank"
+        raise TrainingDiverged(f"loss is {what} at iteration {iteration} (epoch {epoch}); stopping without "
+                               f"saving. Last good checkpoint: {checkpoint_hint}")
 
 
 def clip_per_parameter(module: nn.Module, clip: float) -> None:

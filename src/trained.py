@@ -1,4 +1,4 @@
-"""A trained model rebuilt from one of this project's checkpoints (the contract in ``src/checkpoint.py``).
+"""A trained model rebuilt from one of this project's checkpoints (the contract in ``src/checkpoint/run_file.py``).
 
 ``load_trained(path)`` reads the file, rebuilds the method's networks from the flags stored in it (no
 training flags needed), loads the student and every kept network (Daino's teacher, Suave's momentum encoder)
@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from src import registry
-from src.checkpoint import LAYOUT_VERSION, checkpoint_networks, read_checkpoint
+from src.checkpoint import LAYOUT_VERSION, CheckpointError, RunCheckpoint
 from src.data import class_index
 from src.errors import UserError
 from src.train_step import Precision, validation_precision
@@ -35,27 +35,32 @@ def method_parts(name: str) -> MethodParts:
     return MethodParts(entry.method_class(), entry.data_config(), entry.get_parser)
 
 
-def checkpoint_method(checkpoint: dict, where: str) -> str:
+def _init_flags() -> str:
+    """The flags that start a run from released weights, as a user reads them (``--swav_init_ckpt / ...``)."""
+    return " / ".join(f"--{entry.init_flag}" for entry in registry.methods() if entry.init_flag)
+
+
+def checkpoint_method(checkpoint: RunCheckpoint, where: str) -> str:
     """``method_name`` of a checkpoint (version 1, which lacks it: the registered method whose ``init_flag`` its
-    flags hold), or UserError if it is not one of ours."""
-    name = checkpoint.get("method_name")
-    if name is None and isinstance(checkpoint.get("args"), dict):
+    flags hold), or UserError if it is not a training run of one of ours."""
+    name = checkpoint.method_name
+    if name is None:
         name = next((entry.name for entry in registry.methods()
-                     if entry.init_flag and entry.init_flag in checkpoint["args"]), None)
+                     if entry.init_flag and entry.init_flag in checkpoint.args), None)
     if name not in [entry.name for entry in registry.methods()]:
         scripts = " / ".join(entry.script for entry in registry.methods())
-        init_flags = " / ".join(f"--{entry.init_flag}" for entry in registry.methods() if entry.init_flag)
-        raise UserError(f"{where} is not a checkpoint written by {scripts} (entries "
-                        f"{sorted(map(str, checkpoint))[:8]}); use EXP/checkpoint.pth of a run of this project "
-                        f"(released SwAV/DINO files start a run: {init_flags})")
+        raise UserError(f"{where} is not a checkpoint written by {scripts} (it was written by "
+                        f"{name or 'an unknown script'}); use EXP/checkpoint.pth of a training run of this project "
+                        f"(released SwAV/DINO files start a run: {_init_flags()})")
     return name
 
 
-def method_args(checkpoint: dict, parts: MethodParts, overrides: dict[str, Any] | None = None) -> argparse.Namespace:
+def method_args(checkpoint: RunCheckpoint, parts: MethodParts,
+                overrides: dict[str, Any] | None = None) -> argparse.Namespace:
     """The run's flags: the parser's defaults (flags added since the run), then the stored ones, then
     ``overrides``; init-checkpoint flags off (the weights come from the checkpoint)."""
     args = parts.get_args_parser().parse_args([])
-    for key, value in checkpoint["args"].items():
+    for key, value in checkpoint.args.items():
         setattr(args, key, value)
     init_flags = {entry.init_flag: None for entry in registry.methods() if entry.init_flag}
     for key, value in {**init_flags, "require_init_ckpt": False, **(overrides or {})}.items():
@@ -99,12 +104,12 @@ class TrainedModel:
         return float(self.args.temperature)
 
 
-def _classes(checkpoint: dict, data_path: str | None, where: str) -> list[str]:
+def _classes(checkpoint: RunCheckpoint, data_path: str | None, where: str) -> list[str]:
     """The stored class names; for a version-1 checkpoint (no ``classes``), the sorted folders of DATA/train
     (``data_path``, else the run's own ``--data_path`` when it still exists)."""
-    if checkpoint.get("classes"):
-        return list(checkpoint["classes"])
-    stored = checkpoint["args"].get("data_path")
+    if checkpoint.classes:
+        return list(checkpoint.classes)
+    stored = checkpoint.args.get("data_path")
     if data_path is None and stored and os.path.isdir(os.path.join(stored, "train")):
         data_path = stored
     if data_path is None:
@@ -125,19 +130,23 @@ def load_trained(path: str, device: torch.device | str = "cpu", expect_method: s
     ``data_path`` names the classes of a version-1 checkpoint (from ``DATA/train``; default: the run's own).
     ``overrides`` replace stored flags (e.g. ``val_batch_size``).
     """
-    checkpoint = read_checkpoint(path, flag="--checkpoint")
     where = os.fspath(path)
+    try:
+        checkpoint = RunCheckpoint.load(path, flag="--checkpoint")
+    except CheckpointError as error:  # a readable file that is not a run's checkpoint
+        raise UserError(f"{error}; released SwAV/DINO files start a run: {_init_flags()}") \
+            from error
     name = checkpoint_method(checkpoint, where)
     if expect_method is not None and name != expect_method:
         raise UserError(f"{where} is a {name} checkpoint: evaluate it with python {registry.entry(name).script}")
     parts = method_parts(name)
     args = method_args(checkpoint, parts, overrides)
     classes = _classes(checkpoint, data_path, where)
-    preprocessing = checkpoint.get("eval_preprocessing") or parts.data_config(args).eval_preprocessing()
+    preprocessing = checkpoint.eval_preprocessing or parts.data_config(args).eval_preprocessing()
     device = torch.device(device)
-    memory_format = torch.channels_last if getattr(args, "channels_last", False) else torch.contiguous_format
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     method = parts.method_class(args, len(classes), device)
-    stored = checkpoint_networks(checkpoint)
+    stored = checkpoint.all_networks()
     networks = {"student": method.student, **method.kept_networks()}
     for network_name, network in networks.items():
         if network_name not in stored:
@@ -145,7 +154,7 @@ def load_trained(path: str, device: torch.device | str = "cpu", expect_method: s
                             f"{', '.join(sorted(stored)) or 'none'}): it is not a complete checkpoint of this project")
         network.load_state_dict(stored[network_name])
         network.to(device, memory_format=memory_format).eval()  # as the engine places them
-    return TrainedModel(where, name, method, args, classes, preprocessing, int(checkpoint.get("epoch", 0)), networks)
+    return TrainedModel(where, name, method, args, classes, preprocessing, checkpoint.epoch, networks)
 
 
 class ClassScores(nn.Module):

@@ -42,6 +42,14 @@ def build_suave_network(args: argparse.Namespace, num_prototypes: int) -> SwAVNe
 class SuaveMethod(Method):
     name = "suave"
 
+    @property
+    def clip_grad(self) -> float:  # --clip_grad
+        return self.args.clip_grad
+
+    @property
+    def sync_bn(self) -> bool:  # --sync_bn pytorch / none
+        return self.args.sync_bn != "none"
+
     def __init__(self, args: argparse.Namespace, num_classes: int, device: torch.device) -> None:
         super().__init__(args, num_classes, device)
         self.num_prototypes = resolve_num_outputs(args.nmb_prototypes, num_classes, "--nmb_prototypes",

@@ -1,4 +1,4 @@
-"""src/checkpoint.py: the released SwAV / DINO files and this project's own load as laid out in
+"""src/checkpoint/: the released SwAV / DINO files and this project's own load as laid out in
 tests/fixtures/reference/checkpoint_layouts.json (a copy of ../shared/reference/checkpoint_layouts.json); reading is
 weights_only; writing is atomic. Round trips on checkpoints the engine writes: tests/test_checkpoint_contract.py."""
 
@@ -17,7 +17,7 @@ import pytest
 import torch
 from torch import nn
 
-import src.checkpoint as checkpoint_module
+import src.checkpoint.files as checkpoint_module
 import src.models as models
 from src.checkpoint import (
     CheckpointError,

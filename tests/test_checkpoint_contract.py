@@ -10,7 +10,7 @@ import torch
 
 import main_daino
 import main_suave
-from src.checkpoint import LAYOUT_VERSION, CheckpointError, load_pretrained_backbone, read_checkpoint
+from src.checkpoint import LAYOUT_VERSION, CheckpointError, RunCheckpoint, load_pretrained_backbone, read_checkpoint
 from src.cli import run_main
 from src.data import IMAGENET_MEAN, class_index
 from src.errors import UserError
@@ -67,7 +67,8 @@ def test_init_flags_start_from_exactly_the_asked_network(tiny_runs, run, key):
     method = ckpt["method_name"]
     flag = "swav_init_ckpt" if method == "suave" else "dino_init_ckpt"
     parts = method_parts(method)
-    args = method_args(ckpt, parts, {flag: path, "checkpoint_key": key, "init_proj": True, "init_prototypes": True})
+    args = method_args(RunCheckpoint.from_dict(ckpt), parts,
+                       {flag: path, "checkpoint_key": key, "init_proj": True, "init_prototypes": True})
     student = parts.method_class(args, 4, torch.device("cpu")).student
     loaded = student.state_dict()
     for name, value in ckpt[key].items():

@@ -18,7 +18,7 @@ import eval_linear
 import eval_semisup
 import job_launcher
 import main_suave
-from src.checkpoint import read_checkpoint
+from src.checkpoint import RunCheckpoint, read_checkpoint
 from src.cli import run_main
 from src.data.synthetic import make_synthetic_imagefolder
 from src.downstream.backbone import build_pretrained_backbone, load_matching_head
@@ -84,8 +84,8 @@ def test_eval_semisup_fine_tunes_and_records(tiny, tmp_path):
     log = (out / "train.log").read_text()
     assert "eta" in log and "data_s" in log and "lr_last" in log
     assert f"Fine-tuning with the labels of {tiny['subset']} completed. Test accuracies: top-1" in log
-    ckpt = read_checkpoint(str(out / "checkpoint.pth"))
-    assert ckpt["epoch"] == 2 and ckpt["class_names"] == ["c0", "c1", "c2", "c3"] and ckpt["script"] == "eval_semisup"
+    ckpt = RunCheckpoint.load(str(out / "checkpoint.pth"))
+    assert ckpt.epoch == 2 and ckpt.classes == ["c0", "c1", "c2", "c3"] and ckpt.method_name == "eval_semisup"
 
 
 def test_eval_linear_trains_only_the_classifier(tiny, tmp_path):
@@ -93,10 +93,10 @@ def test_eval_linear_trains_only_the_classifier(tiny, tmp_path):
     argv = linear_argv(tiny, out, "--epochs", "2", "--global_pooling", "false", "--use_bn", "true",
                        "--max_iters_per_epoch", "2")  # 32 images in batches of 8: 4 iterations, capped at 2
     assert run(eval_linear, argv) == 0
-    ckpt = read_checkpoint(str(out / "checkpoint.pth"))
+    ckpt = RunCheckpoint.load(str(out / "checkpoint.pth"))
     # cnn6 at 32 px: a 128 x 8 x 8 map, pooled 6x6 with stride 1 -> 128 x 3 x 3 inputs, BatchNorm2d first
-    assert ckpt["model"]["linear.weight"].shape == (4, 128 * 3 * 3) and "bn.running_mean" in ckpt["model"]
-    assert not any(key.startswith("backbone") for key in ckpt["model"])
+    assert ckpt.student["linear.weight"].shape == (4, 128 * 3 * 3) and "bn.running_mean" in ckpt.student
+    assert not any(key.startswith("backbone") for key in ckpt.student) and ckpt.method_name == "eval_linear"
     log = (out / "train.log").read_text()
     assert "Top-1 test accuracy" in log and "Epoch [1/2] [2/2]" in log and "[3/4]" not in log
     assert len(pd.read_csv(out / "stats.csv")) == 2
@@ -162,9 +162,9 @@ def test_resume_equals_uninterrupted(module, make, extra, tiny, tmp_path):
         assert run(module, make(tiny, parts, "--epochs", "3", "--stop_after_epochs", "1", *extra)) == 0
     assert read_checkpoint(str(parts / "checkpoint.pth"))["epoch"] == 2
     assert run(module, make(tiny, parts, "--epochs", "3", *extra)) == 0
-    a, b = (read_checkpoint(str(d / "checkpoint.pth")) for d in (full, parts))
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
+    a, b = (RunCheckpoint.load(str(d / "checkpoint.pth")) for d in (full, parts))
+    for key, value in a.student.items():
+        assert torch.equal(value, b.student[key]), key
     columns = ["epoch", "train_loss", "train_acc1", "train_lr", "val_loss", "val_acc1", "best_acc1"]
     pd.testing.assert_frame_equal(pd.read_csv(full / "stats.csv")[columns], pd.read_csv(parts / "stats.csv")[columns])
 

@@ -9,7 +9,7 @@ import torch
 
 from src.checkpoint import read_checkpoint
 from src.errors import FlagError
-from src.perf import FiniteCheck, configure_backends, maybe_compile, maybe_fuse
+from src.perf import FiniteCheck, PerfConfig, configure_backends, maybe_compile, maybe_fuse
 from suave.args import get_args_parser
 
 from .test_training import run_with_nan_at_third_step, tiny_data  # noqa: F401 (fixture)
@@ -19,11 +19,13 @@ def test_defaults_keep_the_release_settings():
     args = argparse.ArgumentParser(parents=[get_args_parser()]).parse_args([])
     assert (args.cudnn_benchmark, args.tf32, args.compile, args.fused_optimizer, args.nan_check_every) == \
         (True, False, False, False, 1)
+    config = PerfConfig.from_args(args)
+    assert config == PerfConfig()
     net = torch.nn.Linear(2, 2)
-    assert maybe_compile(net, args) is net
+    assert maybe_compile(net, config) is net
     opt = torch.optim.AdamW(net.parameters())
-    assert maybe_fuse(opt, args, torch.device("cuda")) is opt
-    configure_backends(args, torch.device("cpu"))  # a no-op off CUDA
+    assert maybe_fuse(opt, config, torch.device("cuda")) is opt
+    configure_backends(config, torch.device("cpu"))  # a no-op off CUDA
     with pytest.raises(FlagError, match="--nan_check_every"):
         FiniteCheck(0)
 
@@ -35,7 +37,7 @@ def test_fused_adamw_keeps_groups_and_steps_like_the_default():
     groups = [lambda n: [{"params": [n.weight], "weight_decay": 0.04}, {"params": [n.bias], "weight_decay": 0.0}]]
     plain = torch.optim.AdamW(groups[0](nets[0]), lr=1e-2)
     fused = maybe_fuse(torch.optim.AdamW(groups[0](nets[1]), lr=1e-2),
-                       argparse.Namespace(fused_optimizer=True), torch.device("cuda"))  # CPU tensors: fused on CPU
+                       PerfConfig(fused_optimizer=True), torch.device("cuda"))  # CPU tensors: fused on CPU
     assert fused.param_groups[0]["fused"] and [g["weight_decay"] for g in fused.param_groups] == [0.04, 0.0]
     x = torch.randn(8, 4)
     for net, opt in zip(nets, (plain, fused)):

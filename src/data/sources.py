@@ -58,11 +58,11 @@ class OwnDataSpec:
     def from_args(cls, args) -> "OwnDataSpec":
         def absolute(value):
             return os.path.abspath(os.path.expanduser(value)) if value else None
-        return cls(unlab_dirs=tuple(absolute(p) for p in (getattr(args, "unlab_dir", None) or ())),
-                   unlab_lists=tuple(absolute(p) for p in (getattr(args, "unlab_list", None) or ())),
-                   lab_dir=absolute(getattr(args, "lab_dir", None)), lab_csv=absolute(getattr(args, "lab_csv", None)),
-                   val_dir=absolute(getattr(args, "val_dir", None)), val_csv=absolute(getattr(args, "val_csv", None)),
-                   include_labelled=bool(getattr(args, "unlab_include_labelled", True)))
+        return cls(unlab_dirs=tuple(absolute(p) for p in args.unlab_dir or ()),
+                   unlab_lists=tuple(absolute(p) for p in args.unlab_list or ()),
+                   lab_dir=absolute(args.lab_dir), lab_csv=absolute(args.lab_csv),
+                   val_dir=absolute(args.val_dir), val_csv=absolute(args.val_csv),
+                   include_labelled=args.unlab_include_labelled)
 
     def check(self) -> None:
         problem = own_data_problem(self.unlab_dirs or self.unlab_lists, self.lab_dir, self.lab_csv, self.val_dir,
