@@ -250,8 +250,8 @@ def test_channels_last_trains_like_the_default_layout(tiny_data, tmp_path):
                                                                         "--channels_last", flag]) == 0
         weights[flag] = read_checkpoint(os.path.join(out, "checkpoint.pth"))["student"]
         losses[flag] = pd.read_csv(os.path.join(out, "stats.csv"))["train_loss"].item()
-    # the two layouts take different oneDNN kernels (AVX2 or AVX-512 by machine): 5.5e-5 relative seen on AVX2,
-    # a layout bug moves a 2.4 loss by far more than 2e-4
-    assert losses["true"] == pytest.approx(losses["false"], rel=2e-4)
+    # the two layouts take different oneDNN kernels (AVX2, AVX-512 or AMD's by machine): 5.5e-5 relative seen on
+    # AVX2, 2.2e-4 on an AMD EPYC; a layout bug moves a 2.4 loss by far more than 1e-3
+    assert losses["true"] == pytest.approx(losses["false"], rel=1e-3)
     for key, tensor in weights["false"].items():
         torch.testing.assert_close(weights["true"][key].contiguous(), tensor.contiguous(), rtol=1e-2, atol=2e-3, msg=key)
