@@ -32,7 +32,6 @@ DEFAULT_TIMEOUT_S = 1800
 _BROKEN_COLLECTIVE = re.compile(r"Connection closed by peer|Connection reset by peer|Broken pipe|Timed out waiting|"
                                 r"Application timeout caused pair closure|"
                                 r"Watchdog caught collective operation timeout|NCCL communicator was aborted")
-_world_nodes: list[str] = []  # the node of every rank, by rank: gathered once when the process group forms
 
 
 @dataclass(frozen=True)
@@ -104,8 +103,7 @@ def init_distributed(local_rank_arg: int | None = None, device: str = "auto",
         os.environ.setdefault("MASTER_PORT", "29500")
         dist.init_process_group(backend=backend, init_method="env://", world_size=world, rank=rank,
                                 timeout=datetime.timedelta(seconds=timeout_s))
-        _world_nodes[:] = [""] * world
-        dist.all_gather_object(_world_nodes, node_name())
+        dist.distributed_c10d._get_default_store().set(f"node/{rank}", node_name())  # named by a lost rank's peers
     return DistInfo(rank, world, local, dev, backend)
 
 
@@ -203,10 +201,11 @@ def union_of_names(names: list[str]) -> list[str]:
     return list(dict.fromkeys(name for part in gathered for name in part))
 
 
-def lost_ranks(wait_s: float) -> list[int] | None:
-    """After a broken collective: the ranks that do not answer. Every survivor marks itself in the rendezvous
-    store and waits up to ``wait_s`` for the others' marks; None when the store itself is gone (under ``env://``
-    rank 0 holds it, so rank 0 is among the lost)."""
+def lost_ranks(wait_s: float) -> dict[int, str] | None:
+    """After a broken collective: the ranks that do not answer, with their nodes (each rank wrote its node to the
+    rendezvous store when the process group formed). Every survivor marks itself in the store and waits up to
+    ``wait_s`` for the others' marks; None when the store itself is gone (under ``env://`` rank 0 holds it, so
+    rank 0 is among the lost)."""
     rank, world = dist.get_rank(), dist.get_world_size()
     try:
         store = dist.distributed_c10d._get_default_store()
@@ -215,7 +214,7 @@ def lost_ranks(wait_s: float) -> list[int] | None:
         while True:
             missing = [r for r in range(world) if not store.check([f"survivor/{r}"])]
             if not missing or time.monotonic() > deadline:
-                return missing
+                return {r: store.get(f"node/{r}").decode() if store.check([f"node/{r}"]) else "?" for r in missing}
             time.sleep(0.2)
     except (RuntimeError, ValueError, OSError):  # the store's connection refused or reset: its holder is gone
         return None
@@ -228,11 +227,10 @@ def lost_rank_error(exc: BaseException, output_dir: str, wait_s: float = 3.0) ->
     if not is_dist() or not _BROKEN_COLLECTIVE.search(str(exc)):
         return None
     lost = lost_ranks(wait_s)
-    nodes = _world_nodes or ["?"] * get_world_size()
-    if lost is None:
-        who = f"rank 0 (node {nodes[0]}, which held the rendezvous) is gone"
+    if lost is None:  # rank 0 held the store, at MASTER_ADDR (under Slurm, its node's name)
+        who = f"rank 0 (node {os.environ.get('MASTER_ADDR', '?')}, which held the rendezvous) is gone"
     elif lost:
-        who = ", ".join(f"rank {r} (node {nodes[r]})" for r in lost) + " stopped answering"
+        who = ", ".join(f"rank {r} (node {node})" for r, node in lost.items()) + " stopped answering"
     else:
         return None  # every rank answers: not a lost rank
     checkpoint = os.path.join(output_dir, "checkpoint.pth")
