@@ -458,9 +458,8 @@ def test_suave_release_without_momentum_encoder_names_the_missing_teacher(tmp_pa
                                "--arch", "resnet18", "--small_stem", "true"])
     with pytest.raises(CheckpointError) as error:
         build_pretrained_backbone(args)
-    assert str(error.value) == (f"checkpoint {path} (given by --pretrained) has no 'teacher' network (a Suave run "
-                                "without --use_momentum keeps no teacher / momentum encoder); it holds: student. "
-                                "Pass --checkpoint_key student (checkpoint_key=...) to load that one")
+    assert str(error.value) == (f"checkpoint {path} (given by --pretrained) has no 'teacher' network; it holds: "
+                                "student. Pass --checkpoint_key student (checkpoint_key=...) to load that one")
 
 
 @pytest.mark.parametrize("key", ["student", "teacher"])

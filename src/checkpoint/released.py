@@ -129,10 +129,8 @@ def extract_state_dict(checkpoint: Mapping, checkpoint_key: str = "teacher", whe
             f"{sorted(map(str, checkpoint))}; pass checkpoint_key naming the entry that holds the weights"
         )
     held = ", ".join(sorted(networks))
-    suave = checkpoint.get("method_name") == "suave" or ("ema_state_dict" in checkpoint
-                                                          and checkpoint["ema_state_dict"] is None)
     why = (" (a Suave run without --use_momentum keeps no teacher / momentum encoder)"
-           if checkpoint_key == "teacher" and suave else "")
+           if checkpoint_key == "teacher" and checkpoint.get("method_name") == "suave" else "")
     raise CheckpointError(
         f"checkpoint{where} has no {checkpoint_key!r} network{why}; it holds: {held}. "
         f"Pass --checkpoint_key {sorted(networks)[0]} (checkpoint_key=...) to load that one"
