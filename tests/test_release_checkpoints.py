@@ -49,12 +49,12 @@ from src.trained import load_trained
 from tests.test_training import DAINO_TINY
 
 K = 4  # classes of the generated data
-SUAVE_NET = ["--arch", "resnet18", "--small_stem", "true", "--hidden_mlp", "32", "--feat_dim", "16",
-             "--multihead_eval", "true"]
+SUAVE_NET = ["--arch", "resnet18", "--small_stem", "true", "--hidden_mlp", "32", "--feat_dim", "16"]
 SUAVE_EVAL = [*SUAVE_NET, "--val_resize", "32", "--val_crop", "32", "--use_fp16", "false"]
 DAINO_EVAL = ["--val_resize", "32", "--val_crop", "32"]
 RECIPE = ("the released recipe (suave/scripts/train_{1,10}perc.sh: --arch resnet50 --hidden_mlp 2048 --feat_dim 128 "
-          "--multihead_eval true --ensemble_eval false --bn_ensemble false --detach_ensemble true)")
+          "--detach_ensemble true) and the heads the file saved (--use_momentum true --multihead_eval true "
+          "--ensemble_eval false --bn_ensemble false)")
 # the flags of the release's daino/main_daino.py parser (its args Namespace holds these and nothing of ours)
 DAINO_RELEASE_FLAGS = (
     "arch patch_size out_dim norm_last_layer momentum_teacher use_bn_in_head warmup_teacher_temp teacher_temp "
@@ -315,7 +315,7 @@ def test_suave_release_evaluate_predict_export(suave, data, tmp_path, capsys):
         assert_suave_network(trained.networks["teacher"], suave["ema"], probes_from=suave["model"])
         assert trained.flags_source == (
             f"{RECIPE}, replaced by the command line (--val_resize 32 --val_crop 32 --use_fp16 false --feat_dim 16 --arch resnet18 --small_stem "
-            "true --hidden_mlp 32 --multihead_eval true)")  # in the parser's order
+            "true --hidden_mlp 32)")  # in the parser's order
 
     out = tmp_path / "eval"
     capsys.readouterr()
@@ -326,8 +326,8 @@ def test_suave_release_evaluate_predict_export(suave, data, tmp_path, capsys):
     logged = [line for line in capsys.readouterr().out.splitlines() if "was written by the Suave release" in line]
     assert len(logged) == 1 and logged[0].endswith(
         f"{suave['ckp']} was written by the Suave release: network flags from {RECIPE}, replaced by the command line "
-        "(--val_resize 32 --val_crop 32 --feat_dim 16 --arch resnet18 --small_stem true --hidden_mlp 32 "
-        f"--multihead_eval true); classes: the 4 sorted class folders of {os.path.join(data, 'train')}")
+        "(--val_resize 32 --val_crop 32 --feat_dim 16 --arch resnet18 --small_stem true --hidden_mlp 32); "
+        f"classes: the 4 sorted class folders of {os.path.join(data, 'train')}")
 
     preds = tmp_path / "preds.csv"
     assert predict_main(["--checkpoint", suave["path"], "--images", os.path.join(data, "val"), "--out", str(preds),
@@ -367,6 +367,19 @@ def test_suave_release_without_its_flags_is_refused_in_one_line(suave, data, cap
     # predict says it in one line too
     assert predict_main(["--checkpoint", where, "--images", os.path.join(data, "val"), "--data_path", data]) == 2
     assert capsys.readouterr().err.splitlines()[-1] == f"error: {message}"
+
+
+def test_suave_release_heads_come_from_the_file(tmp_path, data):
+    """Without --use_momentum and --multihead_eval (the parser's defaults, not the recipe's --multihead_eval true):
+    the network has the heads the file saved, and only those."""
+    model = suave_release_model(6, multihead=False)
+    path = write_suave_release(str(tmp_path), model, None, epoch=0)
+    trained = load_trained(path, data_path=data, command_line=SUAVE_EVAL)
+    assert list(trained.networks) == ["student"] and len(trained.networks["student"].cls_heads) == 0
+    assert_suave_network(trained.networks["student"], model)
+    assert "the heads the file saved (--use_momentum false --multihead_eval false" in trained.flags_source
+    with pytest.raises(CheckpointError, match=r"lacks student tensor\(s\) 6 key\(s\): cls_heads\.0\.weight"):
+        load_trained(path, data_path=data, command_line=[*SUAVE_EVAL, "--multihead_eval", "true"])
 
 
 def test_suave_release_without_class_layer_is_refused(suave, tmp_path):

@@ -21,7 +21,8 @@ What the release's ``save`` calls write:
 
 What a file lacks comes from the user (:func:`release_flags`): the classes from ``--data_path``'s class folders
 (sorted, as the release's ImageFolder); Suave's network flags from the command line, else from the released
-recipes (:data:`SUAVE_RECIPE_NETWORK`).
+recipes (:data:`SUAVE_RECIPE_NETWORK`), except those its tensors decide (which heads it saved:
+``--use_momentum``, ``--multihead_eval``, ``--ensemble_eval``, ``--bn_ensemble``).
 """
 from __future__ import annotations
 
@@ -81,6 +82,7 @@ class ReleaseRun:
     args: dict[str, Any] | None              # Daino's stored flags; None for Suave (it stores none)
     epoch: int
     num_outputs: int                         # K: rows of the prototypes / of DINO's last layer
+    saved_heads: dict[str, bool]             # Suave: the flags the saved networks decide (use_momentum, probes)
 
     @property
     def source(self) -> str:
@@ -109,18 +111,24 @@ def read_release_run(checkpoint: Mapping, where: str) -> ReleaseRun | None:
     if classes_key not in student:
         raise CheckpointError(f"{where} is a file of the {method} release without its class layer {classes_key}")
     args = vars(checkpoint["args"]) if method == "daino" else None
-    return ReleaseRun(method, networks, args, int(checkpoint["epoch"]), int(student[classes_key].shape[0]))
+    heads = {} if method == "daino" else {
+        "use_momentum": "teacher" in networks, "multihead_eval": any(key.startswith("cls_heads.") for key in student),
+        "ensemble_eval": any(key.startswith("cls_ensemble.") for key in student),
+        "bn_ensemble": "cls_ensemble.0.running_mean" in student}  # Sequential(BatchNorm1d, Linear)
+    return ReleaseRun(method, networks, args, int(checkpoint["epoch"]), int(student[classes_key].shape[0]), heads)
 
 
 def release_flags(run: ReleaseRun, command_line: Mapping[str, Any]) -> tuple[dict[str, Any], str]:
     """The flags to rebuild ``run``'s networks with, and a sentence saying where they came from: Daino's stored
-    args, Suave's released recipe (:data:`SUAVE_RECIPE_NETWORK`); flags given on the command line replace
-    them. Suave's ``--use_momentum`` is whether the file saved a momentum encoder."""
+    args, Suave's released recipe (:data:`SUAVE_RECIPE_NETWORK`) with the heads the file saved
+    (:attr:`ReleaseRun.saved_heads`); flags given on the command line replace them."""
     if run.method_name == "daino":
         flags, source = dict(run.args or {}), "the flags stored in the file (its args)"
     else:
-        flags = {**SUAVE_RECIPE_NETWORK, "use_momentum": "teacher" in run.networks}
-        source = f"the released recipe (suave/scripts/train_{{1,10}}perc.sh: {as_flags(SUAVE_RECIPE_NETWORK)})"
+        recipe = {key: value for key, value in SUAVE_RECIPE_NETWORK.items() if key not in run.saved_heads}
+        flags = {**recipe, **run.saved_heads}
+        source = (f"the released recipe (suave/scripts/train_{{1,10}}perc.sh: {as_flags(recipe)}) and the heads the "
+                  f"file saved ({as_flags(run.saved_heads)})")
     flags.update(command_line)
     return flags, source + (f", replaced by the command line ({as_flags(command_line)})" if command_line else "")
 
