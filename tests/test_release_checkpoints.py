@@ -465,6 +465,20 @@ def test_eval_semisup_loads_the_suave_release_hidden_layer(suave, data, key):
         assert torch.equal(value, last[name])
 
 
+def test_eval_semisup_fine_tunes_a_suave_release_file(suave, synthetic, tmp_path):
+    out = tmp_path / "ft"
+    argv = ["--data_path", str(synthetic.root), "--subset_file", str(synthetic.subset_file), "--pretrained",
+            suave["ckp"], "--checkpoint_key", "student", "--arch", "resnet18", "--small_stem", "true",
+            "--hidden_mlp", "32", "--crop_size", "32", "--val_resize", "0", "--val_crop", "0", "--workers", "0",
+            "--batch_size", "4", "--epochs", "1", "--dump_path", str(out)]
+    assert run_main(eval_semisup.get_args_parser, eval_semisup.main, eval_semisup.NAME, argv) == 0
+    log = (out / "train.log").read_text()
+    assert ("head: loaded 7 tensors from the checkpoint (projection_head.0.weight, projection_head.0.bias, "
+            "projection_head.1.weight, projection_head.1.bias, projection_head.1.running_mean, "
+            "projection_head.1.running_var, projection_head.1.num_batches_tracked); initialised here: "
+            "projection_head.3.weight, projection_head.3.bias") in log
+
+
 def test_suave_release_without_momentum_encoder_names_the_missing_teacher(tmp_path, data):
     path = write_suave_release(str(tmp_path), suave_release_model(5), None, epoch=0)
     args = parse(eval_linear, ["--data_path", data, "--pretrained", path, "--checkpoint_key", "teacher",
