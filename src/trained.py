@@ -8,8 +8,9 @@ and returns them in eval mode with the class names and the evaluation preprocess
 A file the Suave-Daino release wrote (``checkpoint.pth.tar``, ``checkpoints/ckp-N.pth``; Daino's
 ``checkpoint.pth``, ``checkpointNNNN.pth``; recognised by its layout, :mod:`src.checkpoint.release_files`) is
 read too: its networks load strictly under this project's names, its classes are the sorted class folders of
-``DATA/train`` (``--data_path``), and its flags are Daino's stored args or Suave's released recipe, either
-replaced by the flags given on the command line; ``TrainedModel.flags_source`` (logged) says which.
+``DATA/train`` (``--data_path``), and its flags are Daino's stored args or Suave's released recipe with the heads
+the file saved, either replaced by the flags given on the command line; ``TrainedModel.flags_source`` (logged)
+says which.
 """
 from __future__ import annotations
 
@@ -39,7 +40,7 @@ ENTRY_POINTS = {"suave": "main_suave.py", "daino": "main_daino.py", "fixmatch": 
 _INIT_FLAGS = {"swav_init_ckpt": None, "dino_init_ckpt": None, "require_init_ckpt": False}
 FLAGS_HELP = ("only for a file the Suave/Daino release wrote: its method's flags, as one string, replacing the "
               "released recipe's (Suave's file stores none) or the file's args (Daino), e.g. "
-              "--flags '--arch resnet50 --hidden_mlp 2048 --multihead_eval true'")
+              "--flags '--arch resnet18 --hidden_mlp 512 --feat_dim 128'")
 
 
 @dataclass
