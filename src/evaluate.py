@@ -1,7 +1,8 @@
 """Evaluation only: ``python main_suave.py --evaluate CKPT [--data_path DATA] [--output_dir DIR]`` (and Daino,
 FixMatch).
 
-Rebuilds the run from the checkpoint alone (its flags, classes and eval preprocessing: ``src.trained``), then
+Rebuilds the run from the checkpoint alone (its flags, classes and eval preprocessing: ``src.trained``; a file the
+Suave-Daino release wrote takes its classes from ``--data_path`` and the network flags given here), then
 runs the one validation (``src.validation.validate``: training's loader order, batch size, precision and heads)
 on ``DATA/val``: top-1/top-5 of every head (Suave: the prototypes, the online probes and their ensemble;
 Daino: the teacher, ``main``, and the student; FixMatch: the EMA model, ``main``, and the student). Writes
@@ -20,20 +21,14 @@ from src.data import ImageDataset, build_val_loader, class_index, scan_image_fol
 from src.data_setup import capped_workers, eval_transform
 from src.errors import UserError
 from src.logging_utils import setup_logging
-from src.trained import TrainedModel, load_trained, method_parts
+from src.trained import TrainedModel, given_flags, load_trained, method_parts
 from src.validation import validate
 
 EVAL_NAME = "eval.json"
 # Flags that may change how a checkpoint is evaluated (when given on the command line); every other flag
-# comes from the checkpoint.
+# comes from the checkpoint (a file the release wrote: every flag given replaces the recipe's or its own).
 EVAL_FLAGS = ("data_path", "val_batch_size", "workers", "num_workers", "use_fp16", "use_bf16", "channels_last")
-
-
-def given_flags(cli_args: argparse.Namespace, parser: argparse.ArgumentParser, names: tuple[str, ...]) -> dict:
-    """The flags among ``names`` that the command line set to something other than the default."""
-    defaults = vars(parser.parse_args([]))
-    return {name: getattr(cli_args, name) for name in names
-            if hasattr(cli_args, name) and getattr(cli_args, name) != defaults.get(name)}
+_NOT_FLAGS_OF_THE_RUN = ("evaluate", "output_dir", "dump_path", "local_rank", "device")
 
 
 def val_dataset(data_path: str, trained: TrainedModel) -> ImageDataset:
@@ -57,12 +52,13 @@ def evaluate_checkpoint(cli_args: argparse.Namespace, method_name: str) -> dict[
     parts = method_parts(method_name)
     parser = parts.get_args_parser()
     overrides = given_flags(cli_args, parser, EVAL_FLAGS)
+    network_flags = [name for name in vars(cli_args) if name not in (*EVAL_FLAGS, *_NOT_FLAGS_OF_THE_RUN)]
     output_dir = cli_args.output_dir if given_flags(cli_args, parser, ("output_dir",)) else os.path.dirname(path)
     dist = distributed.init_distributed(cli_args.local_rank, cli_args.device, cli_args.dist_timeout)
     try:
         logger = setup_logging(output_dir, dist.rank, log_name="eval.log")
-        trained = load_trained(path, dist.device, expect_method=method_name,
-                               data_path=overrides.get("data_path"), overrides=overrides)
+        trained = load_trained(path, dist.device, expect_method=method_name, data_path=overrides.get("data_path"),
+                               overrides=overrides, command_line=given_flags(cli_args, parser, network_flags))
         args = trained.args
         config = parts.data_config(args)
         dataset = val_dataset(args.data_path, trained)

@@ -21,7 +21,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -31,7 +33,7 @@ from torch import nn
 from src.atomic_io import atomic_open, atomic_path, write_json_atomic
 from src.errors import UserError
 from src.models import BackboneFlags
-from src.trained import ClassScores, TrainedModel, classifier, load_trained
+from src.trained import FLAGS_HELP, ClassScores, TrainedModel, classifier, load_trained
 
 @dataclass
 class BackboneTarget:
@@ -132,9 +134,10 @@ def export_program(trained: TrainedModel, network_name: str | None, path: str, m
 
 
 def export_model(checkpoint: str, out_dir: str, checkpoint_key: str | None = None, data_path: str | None = None,
-                 program: bool = True) -> dict[str, Any]:
-    """Write the backbone (state_dict, safetensors), the classifier program and export.json; return the record."""
-    trained = load_trained(checkpoint, "cpu", data_path=data_path)
+                 program: bool = True, flags: Sequence[str] = ()) -> dict[str, Any]:
+    """Write the backbone (state_dict, safetensors), the classifier program and export.json; return the record.
+    ``flags``: the method's flags for a file the release wrote (``src.trained.load_trained``'s command_line)."""
+    trained = load_trained(checkpoint, "cpu", data_path=data_path, command_line=flags)
     name = checkpoint_key or trained.main_network
     scores = classifier(trained, name)  # refuses a network the checkpoint lacks
     backbone = scores.network.backbone
@@ -147,7 +150,8 @@ def export_model(checkpoint: str, out_dir: str, checkpoint_key: str | None = Non
     metadata = {"checkpoint": trained.path, "method": trained.method_name, "network": name,
                 "epoch": trained.epoch, "arch": trained.args.arch, "classes": trained.classes,
                 "preprocessing": trained.preprocessing, "temperature": trained.temperature,
-                "backbone_target": asdict(target)}
+                "backbone_target": asdict(target), **({"flags_source": trained.flags_source}
+                                                       if trained.flags_source else {})}
     try:
         from safetensors.torch import save_file
 
@@ -173,17 +177,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="folder to write backbone.pth/.safetensors, classifier.pt2")
     parser.add_argument("--checkpoint_key", default=None, choices=["student", "teacher"],
                         help="network to export (default: Daino's teacher, Suave's student)")
-    parser.add_argument("--data_path", default=None, help="only for version-1 checkpoints, which do not name "
-                                                          "their classes: the data the run was trained on")
+    parser.add_argument("--data_path", default=None, help="for checkpoints without layout_version (version 1) and files the "
+                        "release wrote: the data the run was trained on (its train/ class folders name the classes)")
+    parser.add_argument("--flags", default="", help=FLAGS_HELP)
     parser.add_argument("--no_program", action="store_true", help="skip classifier.pt2 (the backbone only)")
     args = parser.parse_args(argv)
     try:
-        record = export_model(args.checkpoint, args.out, args.checkpoint_key, args.data_path, not args.no_program)
+        record = export_model(args.checkpoint, args.out, args.checkpoint_key, args.data_path, not args.no_program,
+                              shlex.split(args.flags))
     except (UserError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     target = record["backbone_target"]
     print(f"exported the {record['network']} of {record['checkpoint']} ({record['method']}, {record['arch']})")
+    if "flags_source" in record:
+        print(f"  network flags from {record['flags_source']}")
     for path in record["files"]:
         print(f"  wrote {path}")
     print(f"  backbone loads strict=True into: {target['code']}")

@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import csv
 import os
+import shlex
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -26,7 +28,7 @@ from src.data import load_rgb
 from src.data.folders import is_image_file
 from src.data_setup import eval_transform
 from src.errors import UserError
-from src.trained import classifier, load_trained
+from src.trained import FLAGS_HELP, classifier, load_trained
 
 FIELDS = ["path", "predicted_class", "probability", "top5", "error"]
 
@@ -76,11 +78,15 @@ def collate(items: list) -> tuple[torch.Tensor | None, list[int], list[tuple[int
 
 @torch.no_grad()
 def predict(checkpoint: str, images: str, out: str, batch_size: int = 64, device: str = "auto", workers: int = 0,
-            checkpoint_key: str | None = None, data_path: str | None = None, topk: int = 5) -> dict[str, Any]:
-    """Write the predictions CSV; returns a summary (counts, and the accuracy when folders name classes)."""
+            checkpoint_key: str | None = None, data_path: str | None = None, topk: int = 5,
+            flags: Sequence[str] = ()) -> dict[str, Any]:
+    """Write the predictions CSV; returns a summary (counts, and the accuracy when folders name classes).
+    ``flags``: the method's flags for a file the release wrote (``src.trained.load_trained``'s command_line)."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    trained = load_trained(checkpoint, device, data_path=data_path)
+    trained = load_trained(checkpoint, device, data_path=data_path, command_line=flags)
+    if trained.flags_source:
+        print(f"{checkpoint}: network flags from {trained.flags_source}", file=sys.stderr)
     model = classifier(trained, checkpoint_key)
     paths = list_images(images)
     loader = DataLoader(ImagesToPredict(paths, eval_transform(trained.preprocessing)), batch_size=batch_size,
@@ -129,12 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=0, help="image-decoding worker processes")
     parser.add_argument("--checkpoint_key", default=None, choices=["student", "teacher"],
                         help="network to predict with (default: Daino's teacher, Suave's student)")
-    parser.add_argument("--data_path", default=None,
-                        help="only for version-1 checkpoints, which do not name their classes: the training data")
+    parser.add_argument("--data_path", default=None, help="for checkpoints without layout_version (version 1) and files the "
+                        "release wrote: the training data (its train/ class folders name the classes)")
+    parser.add_argument("--flags", default="", help=FLAGS_HELP)
     args = parser.parse_args(argv)
     try:
         summary = predict(args.checkpoint, args.images, args.out, args.batch_size, args.device, args.workers,
-                          args.checkpoint_key, args.data_path)
+                          args.checkpoint_key, args.data_path, flags=shlex.split(args.flags))
     except (UserError, FileNotFoundError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -16,9 +16,14 @@ Released containers understood by :func:`extract_state_dict`:
 - DINO full checkpoint: ``{"student": {module.backbone.*, module.head.*}, "teacher": {backbone.*, head.*},
   "optimizer", "epoch", "args" (argparse.Namespace), "dino_loss", "fp16_scaler"}``.
 - The Suave-Daino release's own checkpoints: ``{"state_dict" (student), "ema_state_dict" (teacher: the
-  momentum encoder, or None), ...}`` (Suave) and the DINO layout above (Daino).
+  momentum encoder, or None), ...}`` (Suave) and the DINO layout above (Daino); recognised as whole runs
+  (``--evaluate``, predict, export) by :mod:`src.checkpoint.release_files`.
 
-``module.`` / ``_orig_mod.`` prefixes are stripped on load.
+``module.`` / ``_orig_mod.`` prefixes are stripped on load. Other names of the same tensors are translated to
+this project's: legacy ``weight_g`` / ``weight_v`` weight norm, and the Suave release's projection head, an
+``nn.ModuleList`` of ``Sequential(Linear, BatchNorm1d, ReLU)`` stages then a ``Linear``
+(``projection_head.0.0.weight``, ``projection_head.0.1.running_mean``, ``projection_head.1.weight``), which is
+one flat ``nn.Sequential`` here (:func:`flatten_projection_head`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Union
 
@@ -54,6 +60,12 @@ NETWORK_LOCATIONS: dict[str, tuple[tuple[str, ...], ...]] = {
     "teacher": (("teacher",), ("ema_state_dict",), ("method", "teacher"), ("method", "ema")),
 }
 _SHOW = 5  # how many key names an error message lists
+# The Suave release's projection head (src/resnet50.py: nn.ModuleList of Sequential(Linear, BatchNorm1d, ReLU)
+# stages, then a Linear): a stage's tensor "projection_head.<stage>.<layer>.<name>", the last Linear's
+# "projection_head.<stages>.<name>".
+_RELEASE_STAGE = re.compile(r"projection_head\.(\d+)\.(\d+)\.(.+)")
+_RELEASE_LAST = re.compile(r"projection_head\.(\d+)\.([^.]+)")
+_STAGE_LAYERS = 3  # Linear, BatchNorm1d, ReLU: the flat Sequential's modules per hidden stage
 
 
 def _as_checkpoint(source: CheckpointSource, flag: str | None) -> tuple[dict, str]:
@@ -153,6 +165,29 @@ def _rename_keys(state_dict: Mapping[str, Tensor], prefixes: Sequence[str], wher
                 f"prefixes {list(prefixes)} are removed"
             )
         renamed[new_key], origin[new_key] = value, key
+    return renamed
+
+
+def flatten_projection_head(state_dict: Mapping[str, Tensor], where: str = "") -> dict[str, Tensor]:
+    """``state_dict`` (wrapper prefixes removed) with the Suave release's ModuleList projection-head names made
+    this project's flat ``nn.Sequential`` names: stage ``i`` layer ``j`` -> ``projection_head.{3i + j}``, the last
+    Linear (``projection_head.{n}``, n stages) -> ``projection_head.{3n}``. Keys are unchanged when no
+    ``projection_head.<i>.<j>.`` key is present (this project's, SwAV's and a linear projection's names, which
+    the two layouts share). CheckpointError when the last Linear is not right after the stages."""
+    stages = {int(match[1]) for key in state_dict if (match := _RELEASE_STAGE.fullmatch(key))}
+    if not stages:
+        return dict(state_dict)
+    renamed = {}
+    for key, value in state_dict.items():
+        stage, last = _RELEASE_STAGE.fullmatch(key), _RELEASE_LAST.fullmatch(key)
+        if stage:
+            key = f"projection_head.{_STAGE_LAYERS * int(stage[1]) + int(stage[2])}.{stage[3]}"
+        elif last:
+            if int(last[1]) != len(stages):
+                raise CheckpointError(f"checkpoint {where}: {key} is not the last layer of a projection head with "
+                                      f"{len(stages)} hidden stage(s) (projection_head.0-{len(stages) - 1}.*)")
+            key = f"projection_head.{_STAGE_LAYERS * len(stages)}.{last[2]}"
+        renamed[key] = value
     return renamed
 
 
@@ -300,7 +335,8 @@ def load_pretrained_projection(
 ) -> list[str]:
     """Load the projection MLP of a released or of this project's checkpoint (``--init_proj``).
 
-    SwAVNetwork: ``projection_head.*`` (``module.projection_head.*`` in the SwAV file). DINONetwork:
+    SwAVNetwork: ``projection_head.*`` (``module.projection_head.*`` in the SwAV file; the Suave release's
+    ModuleList names are translated by :func:`flatten_projection_head`). DINONetwork:
     ``head.mlp.*`` (``module.head.mlp.*`` in the DINO student, ``head.mlp.*`` in the teacher). The
     prototypes / ``head.last_layer`` (K outputs) are left untouched unless ``load_classifier`` is True
     (fine-tuning one of this project's checkpoints with the same classes), in which case they must match
@@ -310,7 +346,7 @@ def load_pretrained_projection(
     """
     checkpoint, where = _as_checkpoint(path, flag)
     state_dict = extract_state_dict(checkpoint, checkpoint_key, where)
-    found = strip_wrapper_prefixes(state_dict, where)
+    found = flatten_projection_head(strip_wrapper_prefixes(state_dict, where), where)
     module = unwrap_module(network)
     projection, classifier, kind = _projection_prefixes(module)
     prefixes = (projection, classifier) if load_classifier else (projection,)

@@ -33,6 +33,9 @@ Older files load into the same type:
   come from ``DATA/train`` and the preprocessing from the flags.
 - evaluation scripts before this type: ``{"layout": "suave-daino evaluation checkpoint v1", "script",
   "model", "class_names", ...}``.
+
+A file the Suave-Daino release wrote (:mod:`src.checkpoint.release_files`, Daino's also named
+``checkpoint.pth``) is refused, naming the flags that start a run from it: it is never resumed.
 """
 from __future__ import annotations
 
@@ -44,7 +47,9 @@ from typing import Any
 
 from torch import Tensor
 
+from src import registry
 from src.checkpoint.files import CheckpointError, PathLike, read_checkpoint, save_checkpoint_atomic
+from src.checkpoint.release_files import release_method
 from src.checkpoint.released import checkpoint_networks
 
 LAYOUT_VERSION = 2
@@ -89,6 +94,12 @@ class RunCheckpoint:
     def from_dict(cls, entries: Mapping[str, Any], where: str = "<checkpoint dict>") -> RunCheckpoint:
         """A checkpoint of this layout or of the older ones (module docstring); CheckpointError otherwise."""
         entries = dict(entries)
+        release = release_method(entries)
+        if release is not None:  # e.g. the Daino release's EXP/checkpoint.pth: the same name, another layout
+            init = f"--{registry.entry(release).init_flag}"
+            raise CheckpointError(f"{where} was written by the {release} release, not by a run of this project: "
+                                  f"start a run from it with {init} (another --output_dir), or evaluate it with "
+                                  "--evaluate / src.predict / src.export")
         if entries.get("layout") == EVAL_LAYOUT_1:
             entries = {"method_name": entries.pop("script"), "student": entries.pop("model"),
                        "classes": entries.pop("class_names", None), "layout_version": 1,
