@@ -127,6 +127,9 @@ def add_run_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--output_dir", type=str, default=".",
                    help="experiment directory: checkpoints, train.log, stats.csv; re-running resumes")
     g.add_argument("--seed", type=int, default=31, help="random seed")
+    g.add_argument("--order_by_seed", type=bool_flag, default=False,
+                   help="(new) shuffle the unlabelled and labelled training streams with --seed (false: with seed 0, "
+                        "the release's DistributedSampler default); augmentations follow --seed either way")
     g.add_argument("--evaluate", type=str, default=None, metavar="CKPT",
                    help="(new) only evaluate checkpoint CKPT on DATA/val (top-1/top-5 of every head) and write "
                         "eval.json beside it (or in --output_dir); the other flags come from the checkpoint")

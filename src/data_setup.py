@@ -56,6 +56,7 @@ class DataConfig:
     rescan: bool = False
     fast_aug: bool = False  # --fast_aug: src.data.fast_aug
     gpu_aug: bool = False  # --gpu_aug: src.data.device_aug
+    order_seed: int = 0  # shuffles both training streams: 0 (the release's DistributedSampler), --order_by_seed: --seed
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, unlab_batch_size: int, lab_batch_size: int, workers: int,
@@ -76,7 +77,8 @@ class DataConfig:
             train_mode=args.train_mode, max_iters_per_epoch=args.max_iters_per_epoch,
             sources=OwnDataSpec.from_args(args), cache_dir=os.path.abspath(args.output_dir),
             rescan=bool(getattr(args, "rescan_data", False)),
-            fast_aug=getattr(args, "fast_aug", False), gpu_aug=getattr(args, "gpu_aug", False))
+            fast_aug=getattr(args, "fast_aug", False), gpu_aug=getattr(args, "gpu_aug", False),
+            order_seed=args.seed if args.order_by_seed else 0)
 
 
     def eval_preprocessing(self) -> dict:
@@ -188,7 +190,7 @@ def build_data(cfg: DataConfig, dist: DistInfo) -> DataBundle:
         unlab_loader = build_unlabelled_loader(
             SkipBadImages(data.unlabelled), cfg.unlab_batch_size, dist.rank, dist.world_size, cfg.seed, workers,
             SkippedCollate(UnlabelledCollate(mixup=cfg.mixup_unlab, defer_mix=cfg.gpu_aug)),
-                                               pin_memory=pin)
+                                               pin_memory=pin, order_seed=cfg.order_seed)
         iters = len(unlab_loader)
     else:
         iters = len(data.unlabelled) // (cfg.unlab_batch_size * dist.world_size)
@@ -197,7 +199,7 @@ def build_data(cfg: DataConfig, dist: DistInfo) -> DataBundle:
             SkipBadImages(data.labelled), cfg.lab_batch_size, dist.rank, dist.world_size, cfg.seed, workers,
             SkippedCollate(LabelledCollate(num_classes=num_classes, mixup=cfg.mixup_lab,
                                            mixup_prob=cfg.mixup_lab_prob)),
-            pin_memory=pin)
+            pin_memory=pin, order_seed=cfg.order_seed)
     if cfg.max_iters_per_epoch:
         iters = min(iters, cfg.max_iters_per_epoch)
     if iters == 0:
