@@ -97,6 +97,9 @@ SCHEDULE_FLAGS = ("--epochs", "--max_iters_per_epoch", "--output_dir")  # sized 
 RUN_FLAGS = (*SCHEDULE_FLAGS, "--data_path", "--labels_perc", "--subset_file", "--seed", "--time_budget_min",
              "--eval_every_min")  # what the benchmark sets per run: not a change to the recipe
 STAGE_RECORD = "benchmark_stage.json"
+# Flags the recipes gained to keep the behaviour their runs had before the flag existed (the default then changed
+# to the release's): a run without the flag ran with this value.
+BEFORE_THE_FLAG = {"--order_by_seed": ("true",)}
 
 
 def recipe_flags(path: str, overrides: dict[str, list[str]]) -> tuple[str, list[str]]:
@@ -241,6 +244,7 @@ def recipe_changes(recipe: str, ran: dict[str, tuple[str, ...]]) -> str:
     the benchmark's own per-run flags (data, list, seed, budget, schedule) aside: ``--arch cnn6 --base_lr 3.0``;
     a recipe flag the run lacked reads ``(no --bn_momentum)``; "" when the run is the recipe."""
     want = {f.name: tuple(f.values) for f in group_flags(recipe_flags(recipe, {})[1], recipe)}
+    ran = {**{name: value for name, value in BEFORE_THE_FLAG.items() if name in want}, **ran}
     changed = [" ".join([name, *values]) for name, values in ran.items()
                if name not in RUN_FLAGS and values != want.get(name) and not _same_precision(name, want.get(name))]
     changed += [f"(no {name})" for name in want if name not in ran and name not in RUN_FLAGS]

@@ -16,9 +16,9 @@ what targets, Sinkhorn, queue, EMA, loss and bookkeeping cost. Data loading is e
     python benchmarks/throughput.py --preset imagenet --device_aug   # + the --gpu_aug stage's ms per batch
 
 ``--levers`` times the step (timed in blocks of steps with one device sync per block, so that a step that
-does not wait for the GPU shows it) with: the step as it ran before the levers (cudnn.benchmark off), then
-cumulatively cudnn.benchmark (the default now), --nan_check_every 50, --tf32, --channels_last,
---fused_optimizer, --compile. Extra method flags can be passed after ``--``.
+does not wait for the GPU shows it) with: the step as it ran before the levers (cudnn.benchmark and TF32 off),
+then cumulatively cudnn.benchmark (the default), --nan_check_every 50, --tf32 (the default, as the release's
+PyTorch 1.11), --channels_last, --fused_optimizer, --compile. Extra method flags can be passed after ``--``.
 """
 from __future__ import annotations
 
@@ -121,8 +121,8 @@ def timed(fn, device: torch.device) -> float:
     return time.perf_counter() - start
 
 
-LEVERS = [("before the levers", ["--cudnn_benchmark", "false"]),
-          ("+cudnn_benchmark (default)", []),
+LEVERS = [("before the levers", ["--cudnn_benchmark", "false", "--tf32", "false"]),
+          ("+cudnn_benchmark (default)", ["--tf32", "false"]),  # TF32 (on by default) joins at its own row
           ("+nan_check_every 50", ["--nan_check_every", "50"]),
           ("+tf32", ["--tf32", "true"]),
           ("+channels_last", ["--channels_last", "true"]),
@@ -241,7 +241,7 @@ def main() -> None:
                              "leaves out --compile)")
     parser.add_argument("--device_aug", action="store_true",
                         help="also time --gpu_aug's photometric stage on one batch of the 224-px recipe's views")
-    parser.add_argument("extra", nargs="*", help="method flags after --, e.g. -- --tf32 true")
+    parser.add_argument("extra", nargs="*", help="method flags after --, e.g. -- --tf32 false")
     opts = parser.parse_args()
     device = torch.device("cuda" if opts.device == "cuda" or (opts.device == "auto" and torch.cuda.is_available())
                           else "cpu")

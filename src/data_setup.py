@@ -56,6 +56,7 @@ class DataConfig:
     rescan: bool = False
     fast_aug: bool = False  # --fast_aug: src.data.fast_aug
     gpu_aug: bool = False  # --gpu_aug: src.data.device_aug
+    order_seed: int = 0  # shuffles both training streams: 0 (the release's DistributedSampler), --order_by_seed: --seed
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, unlab_batch_size: int, lab_batch_size: int, workers: int,
@@ -75,7 +76,8 @@ class DataConfig:
             mixup_lab=args.mixup_lab_type if args.mixup_lab else None, mixup_lab_prob=args.mixup_lab_prob,
             train_mode=args.train_mode, max_iters_per_epoch=args.max_iters_per_epoch,
             sources=OwnDataSpec.from_args(args), cache_dir=os.path.abspath(args.output_dir),
-            rescan=args.rescan_data, fast_aug=args.fast_aug, gpu_aug=args.gpu_aug)
+            rescan=args.rescan_data, fast_aug=args.fast_aug, gpu_aug=args.gpu_aug,
+            order_seed=args.seed if args.order_by_seed else 0)
 
 
     def eval_preprocessing(self) -> dict:
@@ -187,7 +189,7 @@ def build_data(cfg: DataConfig, dist: DistInfo) -> DataBundle:
         unlab_loader = build_unlabelled_loader(
             SkipBadImages(data.unlabelled), cfg.unlab_batch_size, dist.rank, dist.world_size, cfg.seed, workers,
             SkippedCollate(UnlabelledCollate(mixup=cfg.mixup_unlab, defer_mix=cfg.gpu_aug)),
-                                               pin_memory=pin)
+                                               pin_memory=pin, order_seed=cfg.order_seed)
         iters = len(unlab_loader)
     else:
         iters = len(data.unlabelled) // (cfg.unlab_batch_size * dist.world_size)
@@ -196,7 +198,7 @@ def build_data(cfg: DataConfig, dist: DistInfo) -> DataBundle:
             SkipBadImages(data.labelled), cfg.lab_batch_size, dist.rank, dist.world_size, cfg.seed, workers,
             SkippedCollate(LabelledCollate(num_classes=num_classes, mixup=cfg.mixup_lab,
                                            mixup_prob=cfg.mixup_lab_prob)),
-            pin_memory=pin)
+            pin_memory=pin, order_seed=cfg.order_seed)
     if cfg.max_iters_per_epoch:
         iters = min(iters, cfg.max_iters_per_epoch)
     if iters == 0:

@@ -2,8 +2,8 @@
 
 Works unchanged on one CPU process with no launcher, under ``torchrun`` (``RANK``/``WORLD_SIZE``/
 ``LOCAL_RANK``) and under Slurm ``srun`` (``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``).
-Unlike the released ``init_distributed_mode``, the local rank under Slurm comes from
-``SLURM_LOCALID`` (the release read ``LOCAL_RANK``, which srun does not set).
+Under Slurm the local rank comes from ``SLURM_LOCALID``: the Suave release's ``init_distributed_mode`` read
+``LOCAL_RANK`` there (srun does not set it); the Daino release's read ``SLURM_PROCID``.
 
 A rank that dies (its connections close) or stops answering (a node gone without closing them: the process-group
 timeout, ``--dist_timeout``) breaks the collective the others wait in; ``lost_rank_error`` turns that error into

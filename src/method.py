@@ -22,6 +22,7 @@ through it) and reaches the method only through the names above.
 from __future__ import annotations
 
 import argparse
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -29,7 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from src.checkpoint import load_pretrained_backbone, load_pretrained_projection, read_checkpoint
+from src.checkpoint import (CheckpointError, extract_state_dict, load_pretrained_backbone, load_pretrained_projection,
+                            read_checkpoint, strip_wrapper_prefixes)
 from src.data import LabelledBatch, UnlabelledBatch
 from src.ema import ema_update_
 from src.errors import UserError
@@ -37,6 +39,8 @@ from src.metrics import accuracy
 from src.models import NetworkOutput
 from src.objective import ObjectiveInputs, mixed_assignments, semisup_objective
 from src.release_fixes import fix_on
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -225,11 +229,39 @@ def resolve_num_outputs(requested: int | None, num_classes: int, flag: str, trai
 
 
 def init_from_checkpoint(network: nn.Module, path: str, flag: str, checkpoint_key: str, init_proj: bool,
-                         init_prototypes: bool) -> None:
+                         init_prototypes: bool, init_probes: bool = False) -> None:
     """Start ``network`` from a released SwAV/DINO file or one of ours: the backbone always, the projection
-    (``--init_proj``) and the class layer (``--init_prototypes``, same K only) when asked. Reads the file once."""
+    (``--init_proj``) and the class layer (``--init_prototypes``, same K only) when asked, and the online probes
+    the file holds (``--init_probes``). Reads the file once."""
     checkpoint = read_checkpoint(path, flag=flag)
     load_pretrained_backbone(network.backbone, checkpoint, checkpoint_key=checkpoint_key, flag=flag)
     if init_proj or init_prototypes:
         load_pretrained_projection(network, checkpoint, checkpoint_key=checkpoint_key,
                                    load_classifier=init_prototypes, flag=flag)
+    if init_probes:
+        load_online_probes(network, checkpoint, checkpoint_key, f"{path} (given by {flag})")
+
+
+PROBE_PREFIXES = ("cls_heads.", "cls_ensemble.")  # SwAVNetwork's online probes, as the Suave release names them
+
+
+def load_online_probes(network: nn.Module, checkpoint: dict, checkpoint_key: str, where: str) -> list[str]:
+    """Load the online probes (``cls_heads.*``, ``cls_ensemble.*``) that network ``checkpoint_key`` of the file
+    holds, as the Suave release's fine-tuning did (``load_state_dict(strict=False)`` of everything but the
+    prototypes): probes the file lacks (a SwAV file has none) keep their initialisation, one log line says which;
+    a probe of another shape is a CheckpointError. Returns the loaded keys."""
+    wanted = {key: value for key, value in network.state_dict().items() if key.startswith(PROBE_PREFIXES)}
+    if not wanted:
+        return []
+    found = strip_wrapper_prefixes(extract_state_dict(checkpoint, checkpoint_key, where), where)
+    loaded = {key: found[key] for key in wanted if key in found}
+    for key, value in loaded.items():
+        if value.shape != wanted[key].shape:
+            raise CheckpointError(f"online probe {key} has shape {tuple(value.shape)} in {where} but "
+                                  f"{tuple(wanted[key].shape)} here (other --hidden_mlp, --feat_dim or classes): "
+                                  "pass --init_probes false to start the probes at their initialisation")
+    network.load_state_dict(loaded, strict=False)
+    fresh = sorted({key.rsplit(".", 1)[0] for key in wanted if key not in loaded})
+    logger.info("online probes from %s: %d tensors loaded%s", where, len(loaded),
+                f"; at their initialisation: {', '.join(fresh)}" if fresh else "")
+    return list(loaded)

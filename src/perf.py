@@ -2,10 +2,11 @@
 ``--fused_optimizer``, ``--nan_check_every``, defined in ``src.args``); ``benchmarks/throughput.py``
 measures each.
 
-Defaults keep the release's arithmetic: ``cudnn.benchmark`` on (the release sets it: the convolution
-algorithm is chosen by timing, which changes results only at rounding level), TF32 matmuls off (PyTorch's
-default; fp32 convolutions may use TF32 under PyTorch's default ``cudnn.allow_tf32``, as in the release),
-no compilation, the optimisers' default (for-each) kernels, and a finiteness check of the loss every step.
+Defaults follow the release: ``cudnn.benchmark`` on (the release sets it: the convolution algorithm is chosen by
+timing, which changes results only at rounding level), TF32 matmuls on CUDA (the release pins PyTorch 1.11, whose
+``torch.backends.cuda.matmul.allow_tf32`` defaulted to True; PyTorch 1.12 turned it off; ``--tf32 false`` gives
+full fp32), fp32 convolutions in TF32 under PyTorch's default ``cudnn.allow_tf32`` (as in the release), no
+compilation, the optimisers' default (for-each) kernels, and a finiteness check of the loss every step.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from src.errors import FlagError
 class PerfConfig:
     """The speed levers' flags (their defaults are the release's behaviour)."""
     cudnn_benchmark: bool = True
-    tf32: bool = False
+    tf32: bool = True  # PyTorch 1.11 (the release): fp32 CUDA matmuls in TF32
     compile: bool = False
     fused_optimizer: bool = False
     nan_check_every: int = 1
@@ -40,7 +41,7 @@ def configure_backends(config: PerfConfig, device: torch.device) -> None:
     if device.type != "cuda":
         return
     torch.backends.cudnn.benchmark = config.cudnn_benchmark
-    torch.backends.cuda.matmul.allow_tf32 = config.tf32  # PyTorch's default: False
+    torch.backends.cuda.matmul.allow_tf32 = config.tf32  # PyTorch 1.11's default (1.12+: False)
 
 
 def maybe_compile(forward: nn.Module, config: PerfConfig) -> Callable:
@@ -64,7 +65,8 @@ class FiniteCheck:
 
     Each step records, on the device, the first iteration whose loss was not finite; ``due`` says when to
     read it back (one sync every ``every`` steps); the engine also checks before writing a checkpoint, so a
-    diverged model is never saved. With ``every`` = 1 the step reads the loss itself (the release's check)."""
+    diverged model is never saved. With ``every`` = 1 the step reads the loss itself (as the Daino release's check;
+    the Suave release had none)."""
 
     def __init__(self, every: int = 1) -> None:
         if every < 1:

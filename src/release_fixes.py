@@ -34,7 +34,8 @@ FIXES: tuple[Fix, ...] = (
         "calls train()), so drop path never acts; the teacher trains in train mode until the first validation",
         "student and teacher in train mode during training (DINO)"),
     Fix("seed_per_rank",
-        "every rank seeds torch/numpy/random with --seed (identical dropout/drop-path draws on every rank)",
+        "every rank seeds torch and numpy with --seed, as the release's fix_random_seeds, and Python's random "
+        "(the release left it unseeded) (identical dropout/drop-path draws on every rank)",
         "rank r seeds --seed + r"),
     Fix("dino_std_everywhere",
         "labelled and validation images are normalised with std (0.228, 0.224, 0.225), unlabelled views "

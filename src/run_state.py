@@ -27,6 +27,7 @@ class RunState:
 
 
 def seed_everything(seed: int) -> None:
+    """torch and numpy as the release's ``fix_random_seeds``, and Python's ``random``, which it left unseeded."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

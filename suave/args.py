@@ -73,6 +73,10 @@ def get_args_parser() -> FlagParser:
     g.add_argument("--init_proj", type=bool_flag, default=False, help="also load the projection head")
     g.add_argument("--init_prototypes", type=bool_flag, default=False,
                    help="(new) also load the prototypes when their shape matches (fine-tuning our own checkpoint)")
+    g.add_argument("--init_probes", type=bool_flag, default=True,
+                   help="(new) also load the online probes (--multihead_eval / --ensemble_eval) the start checkpoint "
+                        "holds, as the release's fine-tuning loaded everything but the prototypes; false: they "
+                        "restart (a SwAV file holds none)")
     g.add_argument("--swav_init_ckpt", type=str, default=None,
                    help="SwAV (or Suave) checkpoint to start from; none: train from scratch")
     g.add_argument("--checkpoint_key", type=str, default="student", choices=["student", "teacher"],

@@ -57,7 +57,7 @@ class SuaveMethod(Method):
         self.student = build_suave_network(args, self.num_prototypes)
         if args.swav_init_ckpt:
             init_from_checkpoint(self.student, args.swav_init_ckpt, "--swav_init_ckpt", args.checkpoint_key,
-                                 args.init_proj, args.init_prototypes)
+                                 args.init_proj, args.init_prototypes, args.init_probes)
         self.student.to(device)
         self.ema: SwAVNetwork | None = None
         if args.use_momentum:  # momentum encoder: an EMA copy of the student makes the targets

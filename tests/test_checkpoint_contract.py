@@ -71,9 +71,7 @@ def test_init_flags_start_from_exactly_the_asked_network(tiny_runs, run, key):
                        {flag: path, "checkpoint_key": key, "init_proj": True, "init_prototypes": True})
     student = parts.method_class(args, 4, torch.device("cpu")).student
     loaded = student.state_dict()
-    for name, value in ckpt[key].items():
-        if name.startswith(("cls_heads.", "cls_ensemble.")):  # online probes are not part of the init
-            continue
+    for name, value in ckpt[key].items():  # online probes included (--init_probes, on by default)
         assert torch.equal(loaded[name], value), name
 
 
@@ -136,3 +134,72 @@ def test_daino_resumes_a_layout_1_checkpoint_with_its_teacher(tiny_runs, tmp_pat
     trainer = Trainer(main_daino.get_args_parser().parse_args(argv), data_config, DainoMethod)
     for name, value in trainer.method.teacher.state_dict().items():
         assert torch.equal(value, ckpt["teacher"][name]), name
+
+
+# --- the fine-tuning start: online probes load as the release's strict=False load did (issue 48) ---------------
+
+PROBE_NET = ["--arch", "resnet18", "--small_stem", "true", "--hidden_mlp", "32", "--feat_dim", "16",
+             "--multihead_eval", "true", "--ensemble_eval", "true"]
+
+
+def _suave(tmp_path, *flags, seed=2):
+    """Suave's start as the entry point builds it (parser defaults + ``flags``), torch seeded with ``seed``."""
+    import argparse
+    from suave.args import get_args_parser
+    from suave.method import SuaveMethod
+    args = argparse.ArgumentParser(parents=[get_args_parser()]).parse_args(
+        ["--data_path", str(tmp_path), "--output_dir", str(tmp_path), *PROBE_NET, *flags])
+    torch.manual_seed(seed)
+    return SuaveMethod(args, 4, torch.device("cpu")).student
+
+
+def _release_file(tmp_path, student, keep=lambda key: True) -> str:
+    """``checkpoint.pth.tar`` as the Suave release saves it: the DDP model's state_dict under ``state_dict``."""
+    path = os.path.join(tmp_path, "checkpoint.pth.tar")
+    torch.save({"epoch": 3, "state_dict": {f"module.{k}": v for k, v in student.state_dict().items() if keep(k)},
+                "ema_state_dict": None, "optimizer": {}, "scaler": None}, path)
+    return path
+
+
+def _probes(network) -> dict:
+    from src.method import PROBE_PREFIXES
+    return {k: v for k, v in network.state_dict().items() if k.startswith(PROBE_PREFIXES)}
+
+
+def test_fine_tuning_loads_the_probes_the_file_holds_unless_init_probes_false(tmp_path, caplog):
+    trained = _suave(tmp_path, seed=1)
+    with torch.no_grad():
+        for name, parameter in trained.named_parameters():
+            parameter.add_(1.0 if name.startswith("cls_") else 0.5)  # "trained" values
+    path = _release_file(tmp_path, trained)
+    fresh = _probes(_suave(tmp_path))  # the probes' initialisation under seed 2
+
+    started = _suave(tmp_path, "--swav_init_ckpt", path)  # the default: as the release
+    assert len(_probes(started)) == 2 * (3 + 1)  # probes on backbone, hidden layer, embedding + ensemble: W, b
+    for key, value in _probes(started).items():
+        assert torch.equal(value, trained.state_dict()[key]), key
+    assert torch.equal(started.backbone.conv1.weight, trained.backbone.conv1.weight)
+    assert not torch.equal(started.prototypes.weight, trained.prototypes.weight)  # the release skipped them
+
+    restarted = _suave(tmp_path, "--swav_init_ckpt", path, "--init_probes", "false")
+    assert torch.equal(restarted.backbone.conv1.weight, trained.backbone.conv1.weight)
+    for key, value in _probes(restarted).items():
+        assert torch.equal(value, fresh[key]) and not torch.equal(value, trained.state_dict()[key]), key
+
+    caplog.set_level("INFO", logger="src.method")  # a SwAV-like file without probes: they stay at initialisation
+    swav_like = _release_file(tmp_path, trained, keep=lambda key: not key.startswith("cls_"))
+    no_probes = _suave(tmp_path, "--swav_init_ckpt", swav_like)
+    assert all(torch.equal(value, fresh[key]) for key, value in _probes(no_probes).items())
+    assert "0 tensors loaded; at their initialisation: cls_ensemble, cls_heads.0" in caplog.text
+
+
+def test_a_probe_of_another_shape_is_one_line_naming_init_probes_false(tmp_path):
+    other = _suave(tmp_path, "--hidden_mlp", "24")
+    path = _release_file(tmp_path, other, keep=lambda key: not key.startswith("projection_head."))
+    with pytest.raises(CheckpointError) as error:
+        _suave(tmp_path, "--swav_init_ckpt", path)
+    assert str(error.value) == (
+        f"online probe cls_heads.1.weight has shape (4, 24) in {path} (given by --swav_init_ckpt) but (4, 32) "
+        "here (other --hidden_mlp, --feat_dim or classes): pass --init_probes false to start the probes at their "
+        "initialisation")
+    _suave(tmp_path, "--swav_init_ckpt", path, "--init_probes", "false")  # starts

@@ -175,3 +175,37 @@ def test_image_pipeline_is_reproducible_with_workers(tmp_path):
     assert [tuple(v.shape) for v in a.views] == [(4, 3, 16, 16)] * 2 + [(4, 3, 8, 8)] * 2
     assert all(torch.equal(x, y) for x, y in zip(a.views + a.mixed_views, b.views + b.mixed_views))
     assert a.mix_lams == b.mix_lams and torch.equal(a.labels, b.labels)
+
+
+def test_order_seed_shuffles_both_streams_as_the_release_while_seed_draws_the_augmentations():
+    """The release's DistributedSamplers keep their default seed 0 whatever --seed; here ``order_seed`` is that
+    seed and ``seed`` still draws each image's augmentation."""
+    n, world, batch_size = 24, 2, 4
+    for rank in range(world):
+        released = DistributedSampler(range(n), num_replicas=world, rank=rank)  # seed 0, as the release built it
+        released.set_epoch(2)
+        unlabelled = [build_unlabelled_loader(RandomItems(n, views=2), batch_size, rank, world, seed=seed,
+                                              order_seed=0) for seed in (31, 32)]
+        for loader in unlabelled:
+            loader.sampler.set_epoch(2)
+        batches = [list(loader) for loader in unlabelled]
+        assert [int(i) for b in batches[0] for i in b.views[0][:, 0]] == list(released)
+        assert [int(i) for b in batches[1] for i in b.views[0][:, 0]] == list(released)  # same order
+        assert not torch.equal(batches[0][0].views[0][:, 1], batches[1][0].views[0][:, 1])  # other draws
+        labelled = InfiniteLabelledLoader(RandomItems(n), batch_size, rank, world, seed=31, order_seed=0)
+        for pass_index in range(2):
+            seen = sum((_indices(b) for b in _take(labelled, labelled.batches_per_pass)), [])
+            assert seen == reference_shard(n, rank, world, 0, pass_index)
+    by_seed = InfiniteLabelledLoader(RandomItems(n), batch_size, 0, world, seed=31)  # order_seed None: --seed
+    assert sum((_indices(b) for b in _take(by_seed, 3)), []) == reference_shard(n, 0, world, 31, 0)
+
+
+@pytest.mark.parametrize("flags, order_seed", [([], 0), (["--order_by_seed", "true"], 31),
+                                               (["--order_by_seed", "true", "--seed", "7"], 7)])
+def test_training_streams_shuffle_with_seed_zero_unless_order_by_seed(flags, order_seed, tmp_path):
+    import argparse
+    from suave.args import get_args_parser
+    from suave.method import data_config
+    args = argparse.ArgumentParser(parents=[get_args_parser()]).parse_args(
+        ["--data_path", str(tmp_path), "--output_dir", str(tmp_path), *flags])
+    assert data_config(args).order_seed == order_seed

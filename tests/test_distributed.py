@@ -125,7 +125,7 @@ def _nan_on_one_rank(rank: int, world: int) -> dict:
 
 
 def test_a_loss_that_is_not_finite_on_one_rank_stops_every_rank():
-    """The release's check (and ours before) stopped only the rank whose loss was NaN; the others went on into
+    """Daino's release check (and ours before) stopped only the rank whose loss was NaN; the others went on into
     DDP's all-reduce and hung. The per-step and the deferred check (and distributed.any_rank, which the
     downstream scripts' check uses) agree across the ranks."""
     ranks = run_in_processes(_nan_on_one_rank, 2)

@@ -264,7 +264,7 @@ def test_evaluate_names_the_student_main_without_an_ema(tmp_path, capsys):
 
 SHARED_WITH_SUAVE = ("--data_path", "--labels_perc", "--arch", "--lab_crop_size", "--val_resize", "--val_crop", "--mean",
                      "--std", "--lab_batch_size", "--val_batch_size", "--use_fp16", "--use_bf16", "--channels_last",
-                     "--workers", "--time_budget_min", "--eval_every_min", "--all_fixes")
+                     "--workers", "--time_budget_min", "--eval_every_min", "--all_fixes", "--order_by_seed")
 
 
 def test_recipe_shares_suaves_backbone_labelled_stream_precision_and_budget():

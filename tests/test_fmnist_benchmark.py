@@ -111,7 +111,7 @@ from fmnist_benchmark import (DEFAULT_RUNS, GAIN, LABELS, RECIPES, add_gains, co
 SAME_AS_SUPERVISED = ("--train_mode", "--data_path", "--labels_perc", "--arch", "--lab_crop_size", "--val_resize",
                       "--val_crop", "--mean", "--std", "--lab_batch_size", "--use_fp16", "--use_bf16",
                       "--channels_last", "--time_budget_min", "--eval_every_min", "--epochs", "--max_iters_per_epoch",
-                      "--all_fixes")
+                      "--all_fixes", "--order_by_seed")
 
 
 def test_the_default_rows_are_the_issues_five_with_the_strongest_supervised_recipe_first():

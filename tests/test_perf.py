@@ -18,7 +18,7 @@ from .test_training import run_with_nan_at_third_step, tiny_data  # noqa: F401 (
 def test_defaults_keep_the_release_settings():
     args = argparse.ArgumentParser(parents=[get_args_parser()]).parse_args([])
     assert (args.cudnn_benchmark, args.tf32, args.compile, args.fused_optimizer, args.nan_check_every) == \
-        (True, False, False, False, 1)
+        (True, True, False, False, 1)
     config = PerfConfig.from_args(args)
     assert config == PerfConfig()
     net = torch.nn.Linear(2, 2)
@@ -28,6 +28,28 @@ def test_defaults_keep_the_release_settings():
     configure_backends(config, torch.device("cpu"))  # a no-op off CUDA
     with pytest.raises(FlagError, match="--nan_check_every"):
         FiniteCheck(0)
+
+
+@pytest.fixture
+def cuda_backend_flags():
+    """The process-wide flags configure_backends sets, restored after the test."""
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark
+    yield
+    torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark = saved
+
+
+def test_tf32_matmuls_by_default_as_pytorch_1_11_and_full_fp32_with_tf32_false(cuda_backend_flags):
+    """The release pins PyTorch 1.11, whose fp32 CUDA matmuls used TF32 (allow_tf32 True until 1.12)."""
+    parser = argparse.ArgumentParser(parents=[get_args_parser()])
+    torch.backends.cuda.matmul.allow_tf32 = False  # today's PyTorch default
+    # flags only: no GPU is needed to set them
+    configure_backends(PerfConfig.from_args(parser.parse_args([])), torch.device("cuda"))
+    assert torch.backends.cuda.matmul.allow_tf32 is True
+    configure_backends(PerfConfig.from_args(parser.parse_args(["--tf32", "false"])), torch.device("cuda"))
+    assert torch.backends.cuda.matmul.allow_tf32 is False
+    torch.backends.cuda.matmul.allow_tf32 = True
+    configure_backends(PerfConfig.from_args(parser.parse_args(["--tf32", "false"])), torch.device("cpu"))
+    assert torch.backends.cuda.matmul.allow_tf32 is True  # off CUDA nothing changes
 
 
 def test_fused_adamw_keeps_groups_and_steps_like_the_default():

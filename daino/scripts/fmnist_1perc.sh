@@ -41,4 +41,5 @@ main_daino.py \
 --eval_every_min 2.5 \
 --log_freq 100 \
 --saveckp_freq 0 \
---all_fixes true
+--all_fixes true \
+--order_by_seed true

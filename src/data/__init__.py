@@ -35,9 +35,9 @@ Batches (``collate``)
     ``src.data.collate`` for extend/replace and the ``n_clean`` rule.
 
 Loaders (``loaders``)
-    ``build_unlabelled_loader(...)``: DistributedSampler (shuffle, seed, drop_last); call
+    ``build_unlabelled_loader(...)``: DistributedSampler (shuffle with ``order_seed``, drop_last); call
     ``loader.sampler.set_epoch(epoch)``. ``InfiniteLabelledLoader(...)``: ``next(loader)`` forever; pass p
-    reshuffles with seed + p, disjoint across ranks (DistributedSampler padding), incomplete last batch of
+    reshuffles with order_seed + p (``order_seed`` defaults to ``seed``), disjoint across ranks (DistributedSampler padding), incomplete last batch of
     a pass dropped (as the release); ``state_dict() -> {"pass", "offset"}`` counts batches returned to the
     caller, ``load_state_dict`` resumes exactly. ``build_val_loader(...)``: rank shards, no duplicates.
     Augmentation randomness is seeded per sample from (seed, stream, epoch/pass, rank, index): runs with

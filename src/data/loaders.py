@@ -32,14 +32,15 @@ def _worker_options(workers: int, seed: int, stream: int, rank: int, prefetch_fa
 def build_unlabelled_loader(dataset: Dataset, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
                             workers: int = 0, collate_fn: Callable | None = None, pin_memory: bool = False,
                             persistent_workers: bool | None = None, prefetch_factor: int | None = None,
-                            drop_last: bool = True) -> DataLoader:
-    """Loader over the whole train split: ``loader.sampler`` is a ``DistributedSampler`` (shuffle, ``seed``,
-    padding), call ``loader.sampler.set_epoch(epoch)`` before each epoch; incomplete last batch dropped.
+                            drop_last: bool = True, order_seed: int | None = None) -> DataLoader:
+    """Loader over the whole train split: ``loader.sampler`` is a ``DistributedSampler`` (shuffle with
+    ``order_seed``, default ``seed``; padding), call ``loader.sampler.set_epoch(epoch)`` before each epoch;
+    incomplete last batch dropped. ``seed`` seeds each sample's augmentation.
 
     ``collate_fn`` defaults to ``UnlabelledCollate()`` (no mixup); batches are ``UnlabelledBatch``.
     """
     sampler = SeededDistributedSampler(dataset, num_replicas=world_size, rank=rank, seed=seed,
-                                       stream=STREAM_UNLABELLED)
+                                       stream=STREAM_UNLABELLED, order_seed=order_seed)
     if drop_last and len(sampler) < batch_size:
         raise FlagError(f"the unlabelled set has {len(dataset)} images, {len(sampler)} per rank on {world_size} "
                         f"rank(s): fewer than one batch of {batch_size}; lower the batch size")
@@ -53,7 +54,7 @@ def build_unlabelled_loader(dataset: Dataset, batch_size: int, rank: int = 0, wo
 
 class InfiniteLabelledLoader:
     """Never-ending labelled batches (``next(loader)``), disjoint across ranks, reshuffled each pass with
-    ``seed + pass`` (see ``src.data.samplers.InfiniteLabelledBatches``).
+    ``order_seed + pass`` (default ``seed``; see ``src.data.samplers.InfiniteLabelledBatches``).
 
     ``state_dict()`` -> ``{"pass": p, "offset": o}``: the position of the next batch this object will
     return (o = batches of pass p already returned), counting batches returned to the caller, not those
@@ -63,9 +64,9 @@ class InfiniteLabelledLoader:
 
     def __init__(self, dataset: Dataset, batch_size: int, rank: int = 0, world_size: int = 1, seed: int = 0,
                  workers: int = 0, collate_fn: Callable | None = None, pin_memory: bool = False,
-                 prefetch_factor: int | None = None) -> None:
+                 prefetch_factor: int | None = None, order_seed: int | None = None) -> None:
         self.dataset, self.batch_size = dataset, batch_size
-        self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.rank, self.world_size, self.seed, self.order_seed = rank, world_size, seed, order_seed
         self.workers, self.pin_memory, self.prefetch_factor = workers, pin_memory, prefetch_factor
         self.collate_fn = SeededCollate(collate_fn or LabelledCollate())
         self._pass, self._offset = 0, 0
@@ -74,7 +75,7 @@ class InfiniteLabelledLoader:
 
     def _batch_sampler(self) -> InfiniteLabelledBatches:
         return InfiniteLabelledBatches(len(self.dataset), self.batch_size, self.rank, self.world_size, self.seed,
-                                       self._pass, self._offset)
+                                       self._pass, self._offset, order_seed=self.order_seed)
 
     def _start(self):
         loader = DataLoader(SeededDataset(self.dataset), batch_sampler=self._batch_sampler(),

@@ -3,11 +3,14 @@
 - ``SeededDistributedSampler``: torch's ``DistributedSampler`` (shuffle, seed, ``set_epoch``, padding),
   yielding ``(index, sample_seed)`` for ``SeededDataset``.
 - ``InfiniteLabelledBatches``: the labelled stream. Pass p shuffles the whole labelled set with
-  ``seed + p`` and splits it across ranks exactly as ``DistributedSampler(seed=seed).set_epoch(p)`` (the
+  ``order_seed + p`` and splits it across ranks exactly as ``DistributedSampler(seed=order_seed).set_epoch(p)`` (the
   release's ``cycle`` over a DistributedSampler): disjoint shards, padded with the first indices of the
   permutation to a multiple of the world size; each rank then cuts its shard into batches and drops the
   incomplete last one (the release's ``drop_last=True``), so an image may miss a pass but never appears
   twice in one. It starts at any (pass, offset) and never ends.
+
+Both training streams take two seeds: ``order_seed`` shuffles (the release's ``DistributedSampler`` kept its
+default seed 0; ``None``: ``seed``), ``seed`` (the run's ``--seed``) derives each sample's augmentation seed.
 - ``ShardSampler``: validation, ``index rank, rank + world, ...`` without padding (no duplicates; the
   engine all-reduces correct and total counts).
 """
@@ -23,12 +26,14 @@ from .seeding import STREAM_LABELLED, STREAM_UNLABELLED, derive_seed
 
 
 class SeededDistributedSampler(DistributedSampler):
-    """``DistributedSampler`` whose items are ``(index, derive_seed(seed, stream, epoch, rank, index))``."""
+    """``DistributedSampler(seed=order_seed)`` whose items are ``(index, derive_seed(seed, stream, epoch, rank,
+    index))``."""
 
     def __init__(self, dataset, num_replicas: int, rank: int, seed: int = 0, shuffle: bool = True,
-                 drop_last: bool = False, stream: int = STREAM_UNLABELLED) -> None:
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed,
-                         drop_last=drop_last)
+                 drop_last: bool = False, stream: int = STREAM_UNLABELLED, order_seed: int | None = None) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle,
+                         seed=seed if order_seed is None else order_seed, drop_last=drop_last)
+        self.sample_seed = seed
         self.stream = stream
         self.start = 0  # samples of this epoch's order to skip (mid-epoch resume)
 
@@ -44,7 +49,7 @@ class SeededDistributedSampler(DistributedSampler):
     def __iter__(self) -> Iterator[tuple[int, int]]:
         for position, index in enumerate(super().__iter__()):
             if position >= self.start:
-                yield index, derive_seed(self.seed, self.stream, self.epoch, self.rank, index)
+                yield index, derive_seed(self.sample_seed, self.stream, self.epoch, self.rank, index)
 
 
 def pass_shard(num_samples: int, rank: int, world_size: int, seed: int, pass_index: int) -> list[int]:
@@ -62,9 +67,10 @@ class InfiniteLabelledBatches(Sampler):
     """Batch sampler: lists of ``(index, sample_seed)`` from (``start_pass``, ``start_offset``) on, forever."""
 
     def __init__(self, num_samples: int, batch_size: int, rank: int, world_size: int, seed: int,
-                 start_pass: int = 0, start_offset: int = 0) -> None:
+                 start_pass: int = 0, start_offset: int = 0, order_seed: int | None = None) -> None:
         self.num_samples, self.batch_size = num_samples, batch_size
         self.rank, self.world_size, self.seed = rank, world_size, seed
+        self.order_seed = seed if order_seed is None else order_seed
         self.batches_per_pass = batches_per_pass(num_samples, batch_size, world_size)
         if self.batches_per_pass == 0:
             raise FlagError(f"the labelled set has {num_samples} images, {-(-num_samples // world_size)} per rank "
@@ -79,7 +85,7 @@ class InfiniteLabelledBatches(Sampler):
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         pass_index, offset = self.start_pass, self.start_offset
         while True:
-            shard = pass_shard(self.num_samples, self.rank, self.world_size, self.seed, pass_index)
+            shard = pass_shard(self.num_samples, self.rank, self.world_size, self.order_seed, pass_index)
             for b in range(offset, self.batches_per_pass):
                 indices = shard[b * self.batch_size:(b + 1) * self.batch_size]
                 yield [(i, derive_seed(self.seed, STREAM_LABELLED, pass_index, self.rank, i)) for i in indices]

@@ -37,4 +37,5 @@ main_suave.py \
 --eval_every_min 2.5 \
 --log_freq 100 \
 --checkpoint_freq 0 \
---all_fixes true
+--all_fixes true \
+--order_by_seed true

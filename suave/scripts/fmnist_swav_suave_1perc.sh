@@ -38,4 +38,5 @@ main_suave.py \
 --init_proj true \
 --require_init_ckpt true \
 --checkpoint_freq 0 \
---all_fixes true
+--all_fixes true \
+--order_by_seed true
