@@ -22,6 +22,7 @@ from urllib.parse import urlparse
 import submitit
 
 from daino.args import get_args_parser as daino_parser
+from eval_knn import get_args_parser as knn_parser
 from fixmatch.args import get_args_parser as fixmatch_parser
 from launch import records
 from launch.script_file import Flag, absolutize_paths, flatten, group_flags, merge_flags, read_script_file, \
@@ -35,7 +36,7 @@ CODE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRIES: dict[str, tuple[str, Callable]] = {  # --method: the entry module it runs and that entry point's parser
     "suave": ("main_suave", suave_parser), "daino": ("main_daino", daino_parser),
     "eval_semisup": ("eval_semisup", semisup_args_parser), "eval_linear": ("eval_linear", linear_args_parser),
-    "fixmatch": ("main_fixmatch", fixmatch_parser)}
+    "fixmatch": ("main_fixmatch", fixmatch_parser), "eval_knn": ("eval_knn", knn_parser)}
 # What the launcher itself sets (from --data_dir and the experiment directory): never from a recipe or override.
 LAUNCHER_FLAGS = {"--data_path": "--data_dir", "--output_dir": "--experiment_dir/--name"}
 # Launcher options a --resume may change (with --dry_run): resources only, never what defines the experiment.

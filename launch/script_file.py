@@ -10,7 +10,8 @@ from typing import Callable, NamedTuple, NoReturn
 
 from src.errors import UserError
 
-ENTRY_SCRIPTS = ("main_suave.py", "main_daino.py", "main_fixmatch.py", "eval_semisup.py", "eval_linear.py")
+ENTRY_SCRIPTS = ("main_suave.py", "main_daino.py", "main_fixmatch.py", "eval_semisup.py", "eval_linear.py",
+                 "eval_knn.py")
 PATH_FLAG = re.compile(r"(_path|_dir|_ckpt|_file|_weights|^pretrained)$")
 
 

@@ -644,7 +644,7 @@ def test_recipe_naming_no_entry_point(entry_root, data_dir, base, tmp_path, caps
     bad.write_text("--epochs 1\n")
     line = error_of(["--data_dir", data_dir, "--script_file", str(bad), "--base_experiment_dir", base],
                     entry_root, capsys)
-    assert "must be one of main_suave.py, main_daino.py, main_fixmatch.py, eval_semisup.py, eval_linear.py (found '--epochs')" in line
+    assert "must be one of main_suave.py, main_daino.py, main_fixmatch.py, eval_semisup.py, eval_linear.py, eval_knn.py (found '--epochs')" in line
 
 
 def test_missing_data_dir(entry_root, recipe, base, tmp_path, capsys):
