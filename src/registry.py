@@ -52,6 +52,7 @@ ENTRIES = {entry.name: entry for entry in (
           "teacher", "ema"),  # the yardstick of the Fashion-MNIST table (docs/fixmatch.md)
     Entry("eval_semisup", "eval_semisup.py", "src.downstream.args:semisup_args_parser"),
     Entry("eval_linear", "eval_linear.py", "src.downstream.args:linear_args_parser"),
+    Entry("eval_knn", "eval_knn.py", "src.downstream.args:knn_args_parser"),
 )}
 
 

@@ -12,6 +12,8 @@ from src.checkpoint import read_checkpoint
 
 from .test_training import DAINO_TINY, SUAVE_TINY, common, run, tiny_data  # noqa: F401 (fixture)
 
+pytestmark = pytest.mark.slow  # an end-to-end training run
+
 
 @pytest.mark.parametrize("module,tiny,flags,path", [
     (main_daino, DAINO_TINY, ["--fast_aug", "true"], "fast CPU path"),

@@ -17,6 +17,8 @@ from src.errors import UserError
 from src.models import build_backbone
 from src.trained import method_args, method_parts
 
+pytestmark = pytest.mark.slow  # every test reads checkpoints of real training runs (tiny_runs)
+
 BACKBONES = {"suave": lambda: build_backbone("resnet18", small_stem=True),
              "suave_momentum": lambda: build_backbone("resnet18", small_stem=True),
              "daino": lambda: build_backbone("vit_tiny", patch_size=8)}

@@ -205,6 +205,7 @@ def _two_process_worker(rank: int, world: int, scores, steps, weight, state_from
                 local_queue=queue.queue.clone(), resumed_local=resumed.queue.clone(), in_use=resumed.in_use)
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_process():
     scores = cosine_scores(10, 4, seed=4)
     steps, weight = make_steps(5, 2, 4, 4, 6, seed=2)

@@ -139,6 +139,7 @@ def real_fashion_mnist(tmp_path_factory) -> Path:
                                     log=lambda *_: None)
 
 
+@pytest.mark.slow  # converts all 70,000 real images
 def test_real_fashion_mnist_counts_and_classes(real_fashion_mnist):
     classes = class_index(str(real_fashion_mnist / "train"))
     assert len(classes) == 10
@@ -149,6 +150,7 @@ def test_real_fashion_mnist_counts_and_classes(real_fashion_mnist):
     assert Counter(y for _, y in val) == {c: 1000 for c in range(10)}
 
 
+@pytest.mark.slow  # converts all 70,000 real images
 def test_real_fashion_mnist_labelled_lists(real_fashion_mnist):
     lists = {p: (real_fashion_mnist / "subsets" / f"{p}percent.txt").read_text().split() for p in (1, 10)}
     assert len(lists[1]) == 600 and len(lists[10]) == 6000
@@ -161,6 +163,7 @@ def test_real_fashion_mnist_labelled_lists(real_fashion_mnist):
         assert FM.CLASS_NAMES[labels[int(index)]] == cls
 
 
+@pytest.mark.slow  # converts all 70,000 real images
 def test_real_fashion_mnist_pixels_and_loading(real_fashion_mnist):
     images = read_idx_reference(REAL_SOURCE / "t10k-images-idx3-ubyte.gz")
     labels = read_idx_reference(REAL_SOURCE / "t10k-labels-idx1-ubyte.gz")

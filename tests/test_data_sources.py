@@ -178,6 +178,7 @@ def _meters_where_rank1_never_logs_pseudo_acc(rank: int, world: int) -> dict:
     return meters.global_averages()
 
 
+@pytest.mark.slow
 def test_a_meter_only_some_ranks_update_is_averaged_over_those_updates():
     from tests.dist_helpers import run_in_processes
     results = run_in_processes(_meters_where_rank1_never_logs_pseudo_acc, 2)

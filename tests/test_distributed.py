@@ -124,6 +124,7 @@ def _nan_on_one_rank(rank: int, world: int) -> dict:
             "any_rank": [distributed.any_rank(torch.tensor(rank == 1)), distributed.any_rank(torch.tensor(False))]}
 
 
+@pytest.mark.slow
 def test_a_loss_that_is_not_finite_on_one_rank_stops_every_rank():
     """Daino's release check (and ours before) stopped only the rank whose loss was NaN; the others went on into
     DDP's all-reduce and hung. The per-step and the deferred check (and distributed.any_rank, which the

@@ -71,6 +71,7 @@ def parse(module, argv: list[str]) -> argparse.Namespace:
 
 
 # ------------------------------------------------------------------------------------------------ runs
+@pytest.mark.slow
 def test_eval_semisup_fine_tunes_and_records(tiny, tmp_path):
     out = tmp_path / "ft"
     assert run(eval_semisup, semisup_argv(tiny, out, "--epochs", "2", "--mixup", "true", "--light_augment", "true")) == 0
@@ -155,6 +156,7 @@ def test_bad_input_is_refused_with_one_line(case, tiny, tmp_path, capsys):
     (eval_semisup, semisup_argv, ["--mixup", "true", "--scheduler_type", "step", "--decay_epochs", "1"]),
     (eval_linear, linear_argv, ["--scheduler_type", "cosine"]),
 ], ids=["semisup", "linear"])
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(module, make, extra, tiny, tmp_path):
     full, parts = tmp_path / "full", tmp_path / "parts"
     assert run(module, make(tiny, full, "--epochs", "3", *extra)) == 0
@@ -252,6 +254,7 @@ def recipe_argv(recipe: str, overrides: list[str]) -> list[str]:
     return flatten(merge_flags(list(script.flags), group_flags(overrides, "test")))
 
 
+@pytest.mark.slow
 def test_fmnist_recipes_fine_tune_and_probe_real_images(small_fmnist, tmp_path):  # noqa: F811
     """The CPU recipes on a few hundred real images: fine-tuning (from random weights here, to stay fast; the
     tests above load pretrained ones), then a linear probe on the fine-tuned backbone, whose checkpoint

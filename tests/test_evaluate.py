@@ -13,6 +13,8 @@ from src.checkpoint import read_checkpoint
 from src.cli import run_main
 from tests.test_checkpoint_contract import layout_1
 
+pytestmark = pytest.mark.slow  # every test evaluates checkpoints of real training runs (tiny_runs)
+
 ENTRY = {"suave": main_suave, "suave_momentum": main_suave, "daino": main_daino}
 HEADS = {"suave": ["val"], "suave_momentum": ["val", "val_bbone", "val_proj_0", "val_proj_last", "val_ensemble"],
          "daino": ["val", "val_student"]}

@@ -21,6 +21,8 @@ from src.models import build_backbone
 from src.trained import classifier, load_trained
 from tests.test_training import DAINO_TINY, SUAVE_TINY
 
+pytestmark = pytest.mark.slow  # every test exports checkpoints of real training runs
+
 timm = pytest.importorskip("timm")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 torchvision = pytest.importorskip("torchvision")

@@ -222,6 +222,7 @@ def test_randaugment_draws_its_magnitude_per_image():
     assert len(magnitudes) > 5 and all(0 <= m < augment.num_magnitude_bins for m in magnitudes)
 
 
+@pytest.mark.slow
 def test_tiny_run_learns_separable_classes(tmp_path):
     info = make_synthetic_imagefolder(str(tmp_path / "data"), num_classes=4, train_per_class=16, val_per_class=8,
                                       size=32, seed=0, subset_per_class=4)
@@ -244,6 +245,7 @@ def test_tiny_run_learns_separable_classes(tmp_path):
     assert (evaluated["val_acc1"], evaluated["val_student_acc1"]) == (results["val_acc1"], results["val_student_acc1"])
 
 
+@pytest.mark.slow
 def test_evaluate_names_the_student_main_without_an_ema(tmp_path, capsys):
     """--ema_decay 0: validation's main head is the student; --evaluate's table called it 'ema'."""
     info = make_synthetic_imagefolder(str(tmp_path / "data"), num_classes=4, train_per_class=8, val_per_class=2,

@@ -15,11 +15,12 @@ import pytest
 
 import job_launcher
 from launch.script_file import Flag, read_script_file, validate_flags
+from src import registry
 from src.cli import run_main
 from src.errors import FlagError, UserError
 
 REPO = Path(__file__).resolve().parents[1]
-ENTRIES = ("main_suave", "main_daino", "main_fixmatch", "eval_semisup", "eval_linear")
+ENTRIES = tuple(entry.module for entry in registry.ENTRIES.values())  # every registered entry point
 
 
 def check(entry: str, argv: list[str]) -> None:
@@ -172,7 +173,7 @@ def test_defaults_pass_the_check(entry):
                                         ("main_suave", ["--sinkhorn_iterations", "-1"]),
                                         ("main_suave", ["--hidden_mlp", "-3"]), ("main_daino", ["--temperature", "0"]),
                                         ("main_fixmatch", ["--mu", "0"]), ("eval_semisup", ["--hidden_mlp", "-3"]),
-                                        ("eval_linear", ["--lr", "-1"])])
+                                        ("eval_linear", ["--lr", "-1"]), ("eval_knn", ["--temperature", "0"])])
 def test_the_entry_point_refuses_before_importing_any_data_code(entry, argv, tmp_path):
     """``python ENTRY.py --flag BAD`` exits 2 with the one-line refusal, and neither the data stack (src.data,
     torchvision) nor the method was imported: nothing could have scanned a file (the path does not exist)."""
@@ -211,7 +212,7 @@ def test_every_released_recipe_passes_its_check(path):
     script = read_script_file(path)
     flags = list(script.flags) + [Flag(("--data_path", "/d"), "test"), Flag(("--output_dir", "/o"), "test")]
     if any(flag.tokens == ("--require_init_ckpt", "true") for flag in script.flags):  # given at launch (README)
-        name = "--swav_init_ckpt" if script.entry == "main_suave.py" else "--dino_init_ckpt"
+        name = f"--{registry.by_script(script.entry).init_flag}"
         flags.append(Flag((name, "/c"), "test"))
     module = importlib.import_module(script.entry[:-3])
     validate_flags(module.get_args_parser, flags, script.entry)

@@ -14,6 +14,8 @@ from src.cli import run_main
 from src.data.fashion_mnist import CLASS_NAMES, DEFAULT_SOURCE, load_split
 from launch.script_file import flatten, group_flags, merge_flags, read_script_file
 
+pytestmark = pytest.mark.slow  # an end-to-end training run on real images
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN_PER_CLASS, VAL_PER_CLASS, LABELLED_PER_CLASS = 48, 20, 16  # 160 labelled: one batch of 128
 

@@ -291,6 +291,7 @@ def test_local_run_passes_output_and_exit_code_through(entry_root, data_dir, rec
     assert [json.loads(x)["mode"] for x in open(os.path.join(exp, "launches.jsonl"))] == ["local"]
 
 
+@pytest.mark.slow
 def test_local_two_processes_run_under_torchrun(entry_root, data_dir, recipe, base):
     assert launch(["--num_gpus", "2", "--data_dir", data_dir, "--script_file", recipe, "--base_experiment_dir",
                    base], entry_root) == 0
@@ -433,6 +434,7 @@ def test_slurm_submission_asks_for_the_right_resources(fake_slurm, entry_root, d
     assert command == [PY, os.path.join(REPO, "job_launcher.py"), "--resume", exp] and cwd == REPO
 
 
+@pytest.mark.slow
 def test_slurm_job_sets_the_distributed_environment_for_every_task(fake_slurm, entry_root, data_dir, recipe, base):
     assert launch(slurm_argv(data_dir, recipe, base, "--partition", "gpu", "--num_gpus", "2"), entry_root) == 0
     exp = only_experiment(base)
@@ -460,6 +462,7 @@ def test_checkpoint_hook_requeues_the_same_experiment(fake_slurm, entry_root, da
     assert requeued.function.train_flags[-2:] == ["--output_dir", exp]
 
 
+@pytest.mark.slow
 def test_preempted_job_requeues_and_the_requeued_job_resumes(fake_slurm, entry_root, data_dir, recipe, base):
     argv = slurm_argv(data_dir, recipe, base, "--partition", "gpu", "--num_gpus", "1", "--", "--epochs", "6")
     assert launch(argv, entry_root) == 0
@@ -483,6 +486,7 @@ def test_preempted_job_requeues_and_the_requeued_job_resumes(fake_slurm, entry_r
     assert "requeuing main_suave with the same flags" in log
 
 
+@pytest.mark.slow
 def test_cpu_job_runs_gloo_tasks_from_a_snapshot_of_the_code(fake_slurm, entry_root, data_dir, recipe, base):
     argv = slurm_argv(data_dir, recipe, base, "--partition", "cpu", "--num_gpus", "0", "--tasks_per_node", "2",
                       "--cpus_per_task", "1", "--mem_gb", "2")
@@ -651,7 +655,7 @@ def test_recipe_naming_no_entry_point(entry_root, data_dir, base, tmp_path, caps
     bad.write_text("--epochs 1\n")
     line = error_of(["--data_dir", data_dir, "--script_file", str(bad), "--base_experiment_dir", base],
                     entry_root, capsys)
-    assert "must be one of main_suave.py, main_daino.py, main_fixmatch.py, eval_semisup.py, eval_linear.py (found '--epochs')" in line
+    assert "must be one of main_suave.py, main_daino.py, main_fixmatch.py, eval_semisup.py, eval_linear.py, eval_knn.py (found '--epochs')" in line
 
 
 def test_missing_data_dir(entry_root, recipe, base, tmp_path, capsys):

@@ -183,6 +183,7 @@ def _dino_worker(rank, world, student, teacher, ncrops):
     return dict(losses=losses, center=loss_fn.center.clone())
 
 
+@pytest.mark.slow
 def test_dino_two_processes_equal_one_process():
     ncrops, batch, out_dim = 3, 4, 5
     student, teacher = randn(ncrops * batch, out_dim, seed=50), randn(2 * batch, out_dim, seed=51)

@@ -22,6 +22,8 @@ from src.data_setup import eval_transform
 from src.trained import load_trained
 from tests.test_training import DAINO_TINY, REPO, SUAVE_TINY, recompute_validation, run
 
+pytestmark = pytest.mark.slow  # end-to-end training runs on own data (and torchrun)
+
 CLASSES = ["c0", "c1", "c2", "c3"]
 
 

@@ -79,6 +79,7 @@ def test_finite_check_records_the_first_bad_iteration_on_the_device():
     assert [check.due(i) for i in range(6)] == [False, False, True, False, False, True]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("every", [4, 100], ids=["check-due", "checkpoint-guard"])
 def test_deferred_nan_check_stops_before_saving_and_names_the_iteration(every, tiny_data, tmp_path,  # noqa: F811
                                                                         monkeypatch, capsys):

@@ -22,6 +22,7 @@ from src.trained import ClassScores, classifier, load_trained
 ENTRY = {"suave_momentum": main_suave, "daino": main_daino}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("run", ["suave_momentum", "daino"])
 def test_predict_a_folder_with_a_corrupt_image(tiny_runs, run, tmp_path, capsys):
     ckpt = tiny_runs[run]["checkpoint"]
@@ -63,6 +64,7 @@ def test_predict_a_folder_with_a_corrupt_image(tiny_runs, run, tmp_path, capsys)
     assert f"accuracy against the images' class folders: {report['val_acc1']:.2f}%" in captured.out
 
 
+@pytest.mark.slow
 def test_predict_a_list_file_names_missing_images_and_refuses_an_empty_folder(tiny_runs, tmp_path, capsys):
     val = os.path.join(tiny_runs["daino"]["data"], "val")
     first = sorted(os.listdir(val))[0]
@@ -82,6 +84,7 @@ def test_predict_a_list_file_names_missing_images_and_refuses_an_empty_folder(ti
     assert capsys.readouterr().err.startswith(f"error: --images {tmp_path / 'empty'} holds no image files")
 
 
+@pytest.mark.slow
 def test_a_failed_write_leaves_the_previous_csv_intact(tiny_runs, tmp_path, monkeypatch):
     """The CSV is written atomically: a crash while writing rows keeps the last complete file, no temporary."""
     out = tmp_path / "preds.csv"

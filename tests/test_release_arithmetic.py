@@ -361,6 +361,7 @@ def _in_two_processes(rank: int, world: int) -> dict:
     return {"loss": _suave_loss_on_shard(rank, world), **_teacher_after_broadcast(rank)}
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_equal_one_process_and_share_the_broadcast_teacher():
     ranks = run_in_processes(_in_two_processes, 2)
     # the loss: the mean of the ranks' losses equals one process's loss on the global batch

@@ -21,6 +21,8 @@ from src.data.synthetic import make_synthetic_imagefolder
 from src.evaluate import val_dataset
 from src.trained import TrainedModel, load_trained
 
+pytestmark = pytest.mark.slow  # end-to-end training runs (and torchrun)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 SUAVE_TINY = ["--arch", "resnet18", "--small_stem", "true", "--hidden_mlp", "32", "--feat_dim", "16",

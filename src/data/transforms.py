@@ -184,8 +184,9 @@ def weak_strong_views(size: int, normalization: Normalization = SWAV_NORMALIZATI
 
 
 def val_transform(resize: int | None = 256, crop: int | None = 224,
-                  normalization: Normalization = SWAV_NORMALIZATION) -> T.Compose:
-    """Resize(resize) (short side, bilinear) + CenterCrop(crop), ToTensor, Normalize; ``None`` skips a step
-    (e.g. ``resize=None, crop=None`` for 28-px images used as they are)."""
-    ops = ([T.Resize(resize)] if resize else []) + ([T.CenterCrop(crop)] if crop else [])
+                  normalization: Normalization = SWAV_NORMALIZATION, interpolation: str = "bilinear") -> T.Compose:
+    """Resize(resize) (short side; bilinear as SwAV's evaluation, or "bicubic" as DINO's) + CenterCrop(crop),
+    ToTensor, Normalize; ``None`` skips a step (e.g. ``resize=None, crop=None`` for 28-px images used as they are)."""
+    mode = T.InterpolationMode(interpolation)
+    ops = ([T.Resize(resize, interpolation=mode)] if resize else []) + ([T.CenterCrop(crop)] if crop else [])
     return T.Compose(ops + [normalization.transform()])

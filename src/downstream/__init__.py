@@ -9,4 +9,5 @@ release's files of the same names (SwAV lineage) for flags, defaults and arithme
 - ``models``: the fine-tuning network and the linear probe (the release's ``RegLog``);
 - ``data``: the training and validation loaders;
 - ``runner``: the epoch loop, validation, logging, atomic checkpoints and exact resume.
+- ``knn``: DINO's weighted k-NN classifier and the sharded feature extraction of ``eval_knn.py``.
 """

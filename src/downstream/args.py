@@ -192,3 +192,59 @@ def linear_args_parser() -> FlagParser:
     g.add_argument("--final_lr", type=float, default=0, help="final learning rate")
     add_shared_args(parser)
     return parser
+
+
+def check_knn_args(args: argparse.Namespace) -> None:
+    """Every value eval_knn.py cannot classify with, refused before any data is read (src.flag_checks)."""
+    require(args, at_least(1), "nb_knn", "batch_size")
+    require(args, NON_NEGATIVE, "workers", "log_freq", "val_resize", "val_crop")
+    require(args, POSITIVE, "temperature", why="the votes are exp(similarity / T); DINO's 0.07")
+    require(args, POSITIVE, "dist_timeout", why="seconds a collective waits for a rank")
+    if args.train_subset == "all" and args.subset_file:
+        refuse(f"--subset_file {args.subset_file} is read with --train_subset labelled only: drop one")
+    check_arch(args.arch)
+
+
+def knn_args_parser() -> FlagParser:
+    """eval_knn.py's flags: DINO's eval_knn flags (names and defaults where it has them), plus the shared backbone
+    and distributed ones; "(new)" marks flags DINO's script does not have."""
+    parser = FlagParser("Evaluation with weighted k-NN on frozen features", add_help=False, check=check_knn_args)
+    g = parser.add_argument_group("data")
+    g.add_argument("--data_path", type=str, default="/path/to/imagenet",
+                   help="dataset root holding train/<class>/<file> and val/<class>/<file>")
+    g.add_argument("--train_subset", type=str, default="labelled", choices=["labelled", "all"],
+                   help="(new) the training images that vote: the labelled list (--subset_file or --labels_perc), "
+                        "the labels a semi-supervised run may use; or all of train/ (DINO's evaluation)")
+    g.add_argument("--labels_perc", type=str, default="10", choices=["1", "10"],
+                   help="(new) with --train_subset labelled: DATA/subsets/{1,10}percent.txt")
+    g.add_argument("--subset_file", type=str, default=None,
+                   help="(new) with --train_subset labelled: list of labelled files ('<wnid>_<n>.JPEG' or "
+                        "'<class>/<file>'); overrides --labels_perc")
+    g.add_argument("--val_resize", type=int, default=256, help="(new) Resize of every image; 0 skips it")
+    g.add_argument("--val_crop", type=int, default=224, help="(new) CenterCrop of every image; 0 skips it")
+    g.add_argument("--val_interpolation", type=str, default="bicubic", choices=["bicubic", "bilinear"],
+                   help="(new) interpolation of the Resize (DINO's: bicubic)")
+    g.add_argument("--mean", type=float, nargs=3, default=None, help="(new) normalisation mean (ImageNet's)")
+    g.add_argument("--std", type=float, nargs=3, default=None, help="(new) normalisation std (DINO's 0.229 0.224 0.225)")
+    g = parser.add_argument_group("k-NN")
+    g.add_argument("--nb_knn", default=[20], nargs="+", type=int,
+                   help="number of nearest neighbours, one or several (DINO's script: 10 20 100 200; its paper "
+                        "reports 20)")
+    g.add_argument("--temperature", default=0.07, type=float, help="temperature of the votes' exp(sim / T)")
+    g.add_argument("--use_cuda", default=True, type=bool_flag,
+                   help="keep the features on the GPU (on a CUDA run); false if it runs out of memory")
+    g.add_argument("--pretrained_weights", dest="pretrained", type=str, default=argparse.SUPPRESS,
+                   help="DINO's name of --pretrained")
+    add_backbone_args(parser)
+    g = parser.add_argument_group("run")
+    g.add_argument("--batch_size_per_gpu", "--batch_size", dest="batch_size", default=128, type=int,
+                   help="images per forward pass, per process")
+    g.add_argument("--num_workers", "--workers", dest="workers", default=10, type=int,
+                   help="data loading workers per process")
+    g.add_argument("--dump_path", "--output_dir", dest="output_dir", type=str, default=".",
+                   help="(new) where results.json, results.csv and knn.log go")
+    g.add_argument("--device", type=str, default="auto", choices=["auto", "cpu", "cuda"],
+                   help="(new) where to run: auto = CUDA when available")
+    g.add_argument("--log_freq", type=int, default=50, help="(new) log every N batches of feature extraction")
+    add_dist_args(parser)
+    return parser
