@@ -192,7 +192,7 @@ def check_job_inputs(args: dict[str, Any]) -> None:
     try:  # missing, a directory, truncated, unsafe pickle; a labelled list missing or not fetched: says which
         for flag in [entry.init_flag for entry in registry.methods() if entry.init_flag and args.get(entry.init_flag)]:
             read_checkpoint(args[flag], f"--{flag}")
-        if "labels_perc" in args or "subset_file" in args:
+        if ("labels_perc" in args or "subset_file" in args) and args.get("train_subset") != "all":  # eval_knn's all
             resolve_subset_file(args["data_path"], args.get("labels_perc"), args.get("subset_file"))
     except Exception as exc:
         raise UserError(f"{' '.join(str(exc).split())} (checked at submission)") from None
