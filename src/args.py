@@ -30,6 +30,11 @@ def add_dist_timeout_arg(group: argparse._ArgumentGroup) -> None:
                             "other ranks wait while rank 0 alone first scans own-data folders)")
 
 
+def check_dist_timeout(args: argparse.Namespace) -> None:
+    """The value of ``--dist_timeout`` (every parser that has it runs this rule)."""
+    require(args, POSITIVE, "dist_timeout", why="seconds a collective waits for a rank")
+
+
 def bool_flag(value: str | bool) -> bool:
     """Parse the release's boolean flags: on/true/1 and off/false/0 (case-insensitive)."""
     if isinstance(value, bool):
@@ -213,7 +218,7 @@ def check_shared_args(args: argparse.Namespace) -> None:
             "max_iters_per_epoch", "time_budget_min", "eval_every_min", "stop_after_epochs",
             why="0 turns it off")
     require(args, POSITIVE, "std", why="the images are divided by it")
-    require(args, POSITIVE, "dist_timeout", why="seconds a collective waits for a rank")
+    check_dist_timeout(args)
     require(args, at_least(1), "lab_crop_size", "val_batch_size", "log_freq", "nan_check_every")
     require(args, SCALE, "lab_min_scale", why="a fraction of the image's area")
     require(args, PROBABILITY, "mixup_lab_prob")

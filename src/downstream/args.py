@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 
 from src.args import add_backbone_args as shared_backbone_args
-from src.args import FlagParser, add_dist_timeout_arg, bf16_flag, bool_flag, check_arch, check_hidden_mlp
+from src.args import (FlagParser, add_dist_timeout_arg, bf16_flag, bool_flag, check_arch, check_dist_timeout,
+                      check_hidden_mlp)
 from src.flag_checks import NON_NEGATIVE, POSITIVE, at_least, ignored_unless_default, refuse, require, within_epochs
 
 
@@ -89,7 +90,7 @@ def check_shared_args(args: argparse.Namespace) -> None:
     require(args, NON_NEGATIVE, "val_resize", "val_crop", "workers", "max_iters_per_epoch", "stop_after_epochs",
             "lr", "final_lr", "wd", "decay_epochs")
     require(args, POSITIVE, "std", why="the images are divided by it")
-    require(args, POSITIVE, "dist_timeout", why="seconds a collective waits for a rank")
+    check_dist_timeout(args)
     require(args, POSITIVE, "gamma", why="the learning rate is multiplied by it at each of --decay_epochs")
 
 
@@ -199,7 +200,7 @@ def check_knn_args(args: argparse.Namespace) -> None:
     require(args, at_least(1), "nb_knn", "batch_size")
     require(args, NON_NEGATIVE, "workers", "log_freq", "val_resize", "val_crop")
     require(args, POSITIVE, "temperature", why="the votes are exp(similarity / T); DINO's 0.07")
-    require(args, POSITIVE, "dist_timeout", why="seconds a collective waits for a rank")
+    check_dist_timeout(args)
     if args.train_subset == "all" and args.subset_file:
         refuse(f"--subset_file {args.subset_file} is read with --train_subset labelled only: drop one")
     check_arch(args.arch)
